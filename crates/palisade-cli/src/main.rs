@@ -1,1 +1,64 @@
-fn main() {}
+//! `palisade`: the one binary. Argument parsing, calls into the libraries,
+//! printing.
+
+mod cmd;
+mod input;
+
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Palisade: Cilium-model network policy you can trust, test and debug",
+    long_about = "Palisade reads CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and Kubernetes \
+NetworkPolicy manifests, resolves them against label-based security identities, and explains \
+every verdict with the rule that decided it.",
+    after_help = "Examples:\n  palisade policy validate policies/\n  palisade policy trace -f cluster.yaml -f policies/ --from default/frontend --to default/backend --port 80/TCP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate, inspect, explain and test policies offline (no agent needed).
+    #[command(subcommand)]
+    Policy(cmd::PolicyCommand),
+}
+
+/// Agent options that change what is valid, as in Cilium's agent flags.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FeatureArgs {
+    /// Allow fromNodes/toNodes (Cilium's enable-node-selector-labels; off by default).
+    #[arg(long, global = true)]
+    pub enable_node_selector_labels: bool,
+    /// Allow VRRP/IGMP rules and empty ports (Cilium's enable-extended-ip-protocols; off by default).
+    #[arg(long, global = true)]
+    pub enable_extended_ip_protocols: bool,
+}
+
+impl FeatureArgs {
+    pub fn options(&self) -> palisade_policy::manifest::Options {
+        palisade_policy::manifest::Options {
+            enable_node_selector_labels: self.enable_node_selector_labels,
+            enable_extended_ip_protocols: self.enable_extended_ip_protocols,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(c) => cmd::run_policy(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,15 @@
-//! Palisade policy crate.
+//! Palisade's policy crate: the policy language (parsing and validation with
+//! positions), labels, selectors, identities, the ipcache, resolution of
+//! policies into per-endpoint policy maps, the L7 matchers and explanations.
+//!
+//! It does no I/O and has no async: text goes in, typed values come out.
+
+pub mod api;
+pub mod cluster;
+pub mod decode;
+pub mod fqdn;
+pub mod l7;
+pub mod labels;
+pub mod manifest;
+pub mod node;
+pub mod selector;

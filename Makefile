@@ -1,0 +1,31 @@
+# Palisade: the single entry point. Run as root on Debian (CI and the lab do).
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
+	iproute2 nftables iptables netcat-openbsd curl
+
+.PHONY: deps build lab test fmt clippy bench
+
+# Installs the system packages Palisade needs (idempotent; quick when present).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || true
+
+build: deps
+	$(CARGO) build --release --locked -p palisade
+
+# The hands-on lab: Palisade's main job.
+lab: build
+	./target/release/palisade lab
+
+test: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) test --locked --workspace
+
+bench: deps
+	$(CARGO) bench -p palisade-policy
