@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Policy-verdict and drop events, sent through a ring buffer.
+ * Emitted for drops and for allows of new connections only. */
+#ifndef PALISADE_EVENTS_H
+#define PALISADE_EVENTS_H
+
+#include "common.h"
+
+struct policy_event {
+	__u64 ts_ns;
+	__u32 ep_id;
+	__u32 ifindex;
+	__u32 local_identity;
+	__u32 remote_identity;
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u16 sport; /* host order */
+	__u16 dport; /* host order; ICMP: type */
+	__u8 proto;
+	__u8 direction;
+	__u8 verdict;
+	__u8 match_type;
+	__u16 drop_reason;
+	__u8 tcp_flags;
+	__u8 ct_state;
+	__u32 cookie;
+	__u16 proxy_port; /* host order */
+	__u16 _pad;
+	__u32 pkt_len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+#endif

@@ -1,0 +1,272 @@
+//! Policy-verdict and drop events from the `events` ring buffer.
+//!
+//! Raw layout (`bpf/events.h`, 56 bytes): `{ts_ns u64, ep_id u32, ifindex
+//! u32, local_identity u32, remote_identity u32, saddr u32 (network order),
+//! daddr u32 (network order), sport u16, dport u16, proto u8, direction u8,
+//! verdict u8, match_type u8, drop_reason u16, tcp_flags u8, ct_state u8,
+//! cookie u32, proxy_port u16, pad u16, pkt_len u32}`. Emitted for drops and
+//! for allows of new connections only.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::conntrack::CtState;
+use crate::error::{DatapathError, Result};
+use crate::policy::Direction;
+
+/// The datapath's verdict on a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Passed.
+    Forwarded,
+    /// Dropped (see the drop reason).
+    Dropped,
+    /// Allowed with an L7 proxy port (passed unchanged until the proxy lands).
+    Redirected,
+    /// Unknown value.
+    Other(u8),
+}
+
+impl Verdict {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Verdict::Forwarded,
+            1 => Verdict::Dropped,
+            2 => Verdict::Redirected,
+            o => Verdict::Other(o),
+        }
+    }
+}
+
+/// Cilium's policy match types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatchType {
+    /// Nothing matched (default deny) or the direction is not enforced.
+    None,
+    /// Exact identity, any protocol.
+    L3Only,
+    /// Exact identity, protocol and port.
+    L3L4,
+    /// Any identity, protocol and port.
+    L4Only,
+    /// Any identity, any protocol.
+    All,
+    /// Exact identity, protocol only.
+    L3Proto,
+    /// Any identity, protocol only.
+    ProtoOnly,
+    /// Unknown value.
+    Other(u8),
+}
+
+impl MatchType {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => MatchType::None,
+            1 => MatchType::L3Only,
+            2 => MatchType::L3L4,
+            3 => MatchType::L4Only,
+            4 => MatchType::All,
+            5 => MatchType::L3Proto,
+            6 => MatchType::ProtoOnly,
+            o => MatchType::Other(o),
+        }
+    }
+}
+
+/// One decoded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatapathEvent {
+    /// `CLOCK_MONOTONIC` ns.
+    pub timestamp_ns: u64,
+    /// Endpoint id (0 when the interface has no endpoint entry).
+    pub ep_id: u32,
+    /// Interface the packet was seen on.
+    pub ifindex: u32,
+    /// The endpoint's identity.
+    pub local_identity: u32,
+    /// The peer's identity (from the ipcache).
+    pub remote_identity: u32,
+    /// Source address.
+    pub saddr: Ipv4Addr,
+    /// Destination address.
+    pub daddr: Ipv4Addr,
+    /// Source port (0 for ICMP).
+    pub sport: u16,
+    /// Destination port (ICMP: type).
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Direction from the endpoint's point of view.
+    pub direction: Direction,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Drop reason: 0, [`crate::DROP_POLICY`] or [`crate::DROP_POLICY_DENY`].
+    pub drop_reason: u16,
+    /// Cookie of the deciding policy entry (0 if none).
+    pub cookie: u32,
+    /// How the deciding entry matched.
+    pub match_type: MatchType,
+    /// TCP flags of the packet.
+    pub tcp_flags: u8,
+    /// Conntrack state of the packet.
+    pub ct_state: CtState,
+    /// L7 proxy port (redirects).
+    pub proxy_port: u16,
+    /// Packet length.
+    pub pkt_len: u32,
+}
+
+/// Raw `struct policy_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawPolicyEvent {
+    pub ts_ns: u64,
+    pub ep_id: u32,
+    pub ifindex: u32,
+    pub local_identity: u32,
+    pub remote_identity: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub verdict: u8,
+    pub match_type: u8,
+    pub drop_reason: u16,
+    pub tcp_flags: u8,
+    pub ct_state: u8,
+    pub cookie: u32,
+    pub proxy_port: u16,
+    pub pad: u16,
+    pub pkt_len: u32,
+}
+
+impl DatapathEvent {
+    /// Decodes one ring-buffer record; `None` if it is too short.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<RawPolicyEvent>() {
+            return None;
+        }
+        // SAFETY: length checked; RawPolicyEvent is plain data; unaligned read.
+        let r: RawPolicyEvent =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawPolicyEvent>()) };
+        Some(DatapathEvent {
+            timestamp_ns: r.ts_ns,
+            ep_id: r.ep_id,
+            ifindex: r.ifindex,
+            local_identity: r.local_identity,
+            remote_identity: r.remote_identity,
+            saddr: Ipv4Addr::from(u32::from_be(r.saddr)),
+            daddr: Ipv4Addr::from(u32::from_be(r.daddr)),
+            sport: r.sport,
+            dport: r.dport,
+            proto: r.proto,
+            direction: Direction::from_u8(r.direction),
+            verdict: Verdict::from_u8(r.verdict),
+            drop_reason: r.drop_reason,
+            cookie: r.cookie,
+            match_type: MatchType::from_u8(r.match_type),
+            tcp_flags: r.tcp_flags,
+            ct_state: CtState::from_u8(r.ct_state),
+            proxy_port: r.proxy_port,
+            pkt_len: r.pkt_len,
+        })
+    }
+}
+
+/// Reads [`DatapathEvent`]s from the ring buffer. A ring buffer has one
+/// consumer position: use one reader per ring.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
+        EventReader { ring }
+    }
+
+    /// Opens the ring pinned at `<pin_root>/events` (e.g. from a CLI).
+    pub fn open_pinned(pin_root: &Path) -> Result<Self> {
+        let path = pin_root.join("events");
+        let data =
+            MapData::from_pin(&path).map_err(|e| DatapathError::map("open pinned", "events", e))?;
+        let ring = RingBuf::try_from(aya::maps::Map::RingBuf(data))
+            .map_err(|e| DatapathError::map("open", "events", e))?;
+        Ok(EventReader { ring })
+    }
+
+    /// Returns the next event, waiting up to `timeout` for one. `Ok(None)`
+    /// on timeout.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<DatapathEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(item) = self.ring.next() {
+                if let Some(ev) = DatapathEvent::decode(&item) {
+                    return Ok(Some(ev));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd =
+                libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(DatapathError::io("polling the event ring buffer", err));
+                }
+            }
+        }
+    }
+
+    /// Drains every event currently in the ring without waiting.
+    pub fn drain(&mut self) -> Vec<DatapathEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Some(ev) = DatapathEvent::decode(&item) {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    /// Waits until an event satisfying `pred` arrives (others are discarded)
+    /// or `timeout` passes.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&DatapathEvent) -> bool,
+    ) -> Result<Option<DatapathEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_timeout(left)? {
+                Some(ev) if pred(&ev) => return Ok(Some(ev)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_layout_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<RawPolicyEvent>(), 56);
+        assert!(DatapathEvent::decode(&[0u8; 10]).is_none());
+        assert!(DatapathEvent::decode(&[0u8; 56]).is_some());
+    }
+}
