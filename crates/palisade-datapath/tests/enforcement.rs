@@ -121,7 +121,7 @@ fn l4_only_wildcard_identity_allows_one_port() {
     let key = PolicyKey::port(ep_id(1), 0, Direction::Ingress, TCP, 8080);
     s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(21))], &[]).expect("apply");
     assert!(connects(&s, 0, 1, 8080));
-    let ev = wait_event(&mut s, |e| e.verdict == Verdict::Forwarded && e.dport == 8080);
+    let ev = wait_event(&mut s, |e| e.ep_id == ep_id(1) && e.verdict == Verdict::Forwarded && e.dport == 8080);
     assert_eq!((ev.match_type, ev.cookie), (MatchType::L4Only, 21));
     assert!(!connects(&s, 0, 1, 8081));
     let ev = wait_event(&mut s, |e| e.verdict == Verdict::Dropped);
@@ -163,8 +163,8 @@ fn port_range_entries_allow_the_range_only() {
     assert!(connects(&s, 0, 1, 8100));
     assert!(!connects(&s, 0, 1, 7999));
     assert!(!connects(&s, 0, 1, 8101));
-    let ev = wait_event(&mut s, |e| e.verdict == Verdict::Forwarded);
-    assert_eq!(ev.match_type, MatchType::L3L4);
+    let ev = wait_event(&mut s, |e| e.ep_id == ep_id(1) && e.verdict == Verdict::Forwarded);
+    assert_eq!((ev.match_type, ev.cookie), (MatchType::L3L4, 5));
     drop(servers);
 }
 
@@ -278,3 +278,4 @@ fn udp_without_policy_is_dropped_and_icmp_unrelated_is_not_let_in() {
     let c = s.dp.counters(ep_id(1)).expect("counters");
     assert!(c.dropped(Direction::Ingress, 133) >= 1);
 }
+
