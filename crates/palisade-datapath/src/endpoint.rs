@@ -32,7 +32,11 @@ impl EndpointInfo {
         if self.enforce_egress {
             flags |= ENFORCE_EGRESS;
         }
-        RawEndpointInfo { ep_id: self.ep_id, identity: self.identity, flags }
+        RawEndpointInfo {
+            ep_id: self.ep_id,
+            identity: self.identity,
+            flags,
+        }
     }
 
     pub(crate) fn from_raw(r: RawEndpointInfo) -> Self {

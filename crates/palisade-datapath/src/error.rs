@@ -97,7 +97,11 @@ pub enum DatapathError {
 
 impl DatapathError {
     pub(crate) fn map(op: &'static str, map: &'static str, source: aya::maps::MapError) -> Self {
-        DatapathError::Map { op, map, source: Box::new(source) }
+        DatapathError::Map {
+            op,
+            map,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn program(
@@ -105,11 +109,18 @@ impl DatapathError {
         program: &'static str,
         source: aya::programs::ProgramError,
     ) -> Self {
-        DatapathError::Program { op, program, source: Box::new(source) }
+        DatapathError::Program {
+            op,
+            program,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        DatapathError::Io { context: context.into(), source }
+        DatapathError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

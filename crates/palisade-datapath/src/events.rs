@@ -215,8 +215,11 @@ impl EventReader {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut pfd =
-                libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
             // SAFETY: one valid pollfd.
             let rc = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -23,8 +23,15 @@ impl Ipv4Prefix {
                 "IPv4 prefix length {len} is over 32"
             )));
         }
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-        Ok(Ipv4Prefix { addr: Ipv4Addr::from(u32::from(addr) & mask), len })
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
+        Ok(Ipv4Prefix {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        })
     }
 
     /// A single address (/32).

@@ -123,7 +123,9 @@ pub struct Datapath {
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Datapath")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +139,8 @@ fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     if !pin_root.starts_with(bpf_root) {
         return Ok(()); // the caller chose another bpffs mount
     }
-    let c = CString::new("/sys/fs/bpf").map_err(|e| DatapathError::InvalidArgument(e.to_string()))?;
+    let c =
+        CString::new("/sys/fs/bpf").map_err(|e| DatapathError::InvalidArgument(e.to_string()))?;
     // SAFETY: zeroed statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
@@ -145,12 +148,17 @@ fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     if rc == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    std::fs::create_dir_all(bpf_root)
-        .map_err(|e| DatapathError::io("creating /sys/fs/bpf", e))?;
+    std::fs::create_dir_all(bpf_root).map_err(|e| DatapathError::io("creating /sys/fs/bpf", e))?;
     let fstype = CString::new("bpf").map_err(|e| DatapathError::InvalidArgument(e.to_string()))?;
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(DatapathError::io(
@@ -168,8 +176,12 @@ fn check_pinned(path: &Path, name: &'static str, ty: MapType, key: u32, value: u
         return Ok(());
     }
     let data = MapData::from_pin(path).map_err(|e| DatapathError::map("open pinned", name, e))?;
-    let info = data.info().map_err(|e| DatapathError::map("info", name, e))?;
-    let found_ty = info.map_type().map_err(|e| DatapathError::map("info", name, e))?;
+    let info = data
+        .info()
+        .map_err(|e| DatapathError::map("info", name, e))?;
+    let found_ty = info
+        .map_type()
+        .map_err(|e| DatapathError::map("info", name, e))?;
     let key_ok = ty == MapType::RingBuf || info.key_size() == key;
     let value_ok = ty == MapType::RingBuf || info.value_size() == value;
     if found_ty != ty || !key_ok || !value_ok {
@@ -224,8 +236,10 @@ impl Datapath {
         }
 
         let mut loader = EbpfLoader::new();
-        let pins: Vec<(&'static str, PathBuf)> =
-            MAPS.iter().map(|(name, ..)| (*name, config.pin_root.join(name))).collect();
+        let pins: Vec<(&'static str, PathBuf)> = MAPS
+            .iter()
+            .map(|(name, ..)| (*name, config.pin_root.join(name)))
+            .collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -246,7 +260,8 @@ impl Datapath {
                 })?
                 .try_into()
                 .map_err(|e| DatapathError::program("convert", name, e))?;
-            prog.load().map_err(|e| DatapathError::program("load", name, e))?;
+            prog.load()
+                .map_err(|e| DatapathError::program("load", name, e))?;
         }
 
         let endpoints = HashMap::try_from(take_map(&mut ebpf, "endpoints")?)
@@ -274,7 +289,10 @@ impl Datapath {
             policy_shadow: BTreeMap::new(),
         };
         for (key, value) in dp.scan_policy(None)? {
-            dp.policy_shadow.entry(key.ep_id).or_default().insert(key, value);
+            dp.policy_shadow
+                .entry(key.ep_id)
+                .or_default()
+                .insert(key, value);
         }
         tracing::debug!(
             pin_root = %dp.config.pin_root.display(),
@@ -311,13 +329,18 @@ impl Datapath {
             })?
             .try_into()
             .map_err(|e| DatapathError::program("convert", name, e))?;
-        let fd = prog.fd().map_err(|e| DatapathError::program("fd", name, e))?;
+        let fd = prog
+            .fd()
+            .map_err(|e| DatapathError::program("fd", name, e))?;
         Ok(fd.as_fd().as_raw_fd())
     }
 
     /// Pin path of one attachment.
     pub fn link_pin_path(&self, ifindex: u32, program: Program) -> PathBuf {
-        self.config.pin_root.join("links").join(format!("{ifindex}-{}", program.link_suffix()))
+        self.config
+            .pin_root
+            .join("links")
+            .join(format!("{ifindex}-{}", program.link_suffix()))
     }
 
     /// Attaches both programs with TCX to the host-side veth `ifindex` in the
@@ -362,7 +385,9 @@ impl Datapath {
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|e| DatapathError::program("attach (tcx)", name, e))?;
-        let link = prog.take_link(id).map_err(|e| DatapathError::program("take link", name, e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| DatapathError::program("take link", name, e))?;
         let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
             path: path.clone(),
             message: format!("link of {name} is not an fd link: {e}"),
@@ -392,7 +417,10 @@ impl Datapath {
             .attach_to_link(link)
             .map_err(|e| DatapathError::program("update pinned link of", name, e))?;
         // drop our fd of the link: the pin keeps it attached
-        drop(prog.take_link(id).map_err(|e| DatapathError::program("take link", name, e))?);
+        drop(
+            prog.take_link(id)
+                .map_err(|e| DatapathError::program("take link", name, e))?,
+        );
         Ok(())
     }
 
@@ -432,9 +460,11 @@ impl Datapath {
                 message: format!("opening pinned link: {e}"),
             })?;
             // unpin, then the returned FdLink is dropped: the link goes away
-            drop(pinned.unpin().map_err(|e| {
-                DatapathError::io(format!("unpinning {}", path.display()), e)
-            })?);
+            drop(
+                pinned
+                    .unpin()
+                    .map_err(|e| DatapathError::io(format!("unpinning {}", path.display()), e))?,
+            );
         }
         Ok(())
     }
@@ -542,7 +572,10 @@ impl Datapath {
             if current.get(key) == Some(value) {
                 continue;
             }
-            if let Err(e) = self.policy.insert(&key.to_raw(), value.to_raw(key.prefix), 0) {
+            if let Err(e) = self
+                .policy
+                .insert(&key.to_raw(), value.to_raw(key.prefix), 0)
+            {
                 self.policy_rollback(&written, &current);
                 return Err(DatapathError::map("insert", "policy", e));
             }
@@ -568,7 +601,11 @@ impl Datapath {
         Ok(())
     }
 
-    fn policy_rollback(&mut self, written: &[PolicyKey], before: &BTreeMap<PolicyKey, PolicyValue>) {
+    fn policy_rollback(
+        &mut self,
+        written: &[PolicyKey],
+        before: &BTreeMap<PolicyKey, PolicyValue>,
+    ) {
         for key in written {
             let res = match before.get(key) {
                 Some(v) => self.policy.insert(&key.to_raw(), v.to_raw(key.prefix), 0),
@@ -590,8 +627,11 @@ impl Datapath {
             .filter(|(k, v)| current.get(k) != Some(v))
             .map(|(k, v)| (*k, *v))
             .collect();
-        let removes: Vec<PolicyKey> =
-            current.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let removes: Vec<PolicyKey> = current
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
         self.policy_apply(ep_id, &adds, &removes)
     }
 
@@ -628,8 +668,9 @@ impl Datapath {
             if k.ep_id != ep_id {
                 continue;
             }
-            let (packets, bytes) =
-                values.iter().fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
+            let (packets, bytes) = values
+                .iter()
+                .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
             entries.push(CounterEntry {
                 direction: Direction::from_u8(k.direction),
                 verdict: Verdict::from_u8(k.verdict),
@@ -687,6 +728,9 @@ impl Datapath {
     /// Takes the event reader (once per datapath; see
     /// [`EventReader::open_pinned`] for other processes).
     pub fn event_reader(&mut self) -> Result<EventReader> {
-        self.events.take().map(EventReader::new).ok_or(DatapathError::EventReaderTaken)
+        self.events
+            .take()
+            .map(EventReader::new)
+            .ok_or(DatapathError::EventReaderTaken)
     }
 }

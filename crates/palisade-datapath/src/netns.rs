@@ -69,10 +69,13 @@ type Result<T, E = NetnsError> = std::result::Result<T, E>;
 
 /// Runs `ip <args>`, returning its stdout.
 pub fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().map_err(|source| NetnsError::Spawn {
-        args: args.join(" "),
-        source,
-    })?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            args: args.join(" "),
+            source,
+        })?;
     if !out.status.success() {
         return Err(NetnsError::Command {
             args: args.join(" "),
@@ -113,8 +116,10 @@ pub fn netns_exists(name: &str) -> bool {
 
 fn enter_netns(name: &str) -> Result<()> {
     let path = std::path::Path::new("/var/run/netns").join(name);
-    let file = std::fs::File::open(&path)
-        .map_err(|source| NetnsError::Enter { name: name.to_string(), source })?;
+    let file = std::fs::File::open(&path).map_err(|source| NetnsError::Enter {
+        name: name.to_string(),
+        source,
+    })?;
     // SAFETY: valid fd; only this thread's namespace changes.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
@@ -138,7 +143,9 @@ where
             enter_netns(name)?;
             Ok(f())
         });
-        handle.join().map_err(|_| NetnsError::ThreadPanicked(name.to_string()))?
+        handle
+            .join()
+            .map_err(|_| NetnsError::ThreadPanicked(name.to_string()))?
     })
 }
 
@@ -207,13 +214,16 @@ pub struct Pod {
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// Ifindex of `ifname` in namespace `ns` (`None` = the caller's).
 pub fn ifindex_in(ns: Option<&str>, ifname: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(ifname)
-        .map_err(|_| NetnsError::InvalidName(ifname.to_string()))?;
+    let name =
+        std::ffi::CString::new(ifname).map_err(|_| NetnsError::InvalidName(ifname.to_string()))?;
     let idx = in_optional_netns(ns, || {
         // SAFETY: valid C string.
         unsafe { libc::if_nametoindex(name.as_ptr()) }
@@ -247,8 +257,20 @@ pub fn create_pod(host_ns: Option<&str>, spec: &PodSpec) -> Result<Pod> {
     ip_in(
         host_ns,
         &[
-            "link", "add", host, "address", &host_mac, "type", "veth", "peer", "name", "eth0",
-            "address", &pod_mac, "netns", &spec.netns,
+            "link",
+            "add",
+            host,
+            "address",
+            &host_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            &pod_mac,
+            "netns",
+            &spec.netns,
         ],
     )?;
     let ns = Some(spec.netns.as_str());
@@ -256,12 +278,54 @@ pub fn create_pod(host_ns: Option<&str>, spec: &PodSpec) -> Result<Pod> {
     ip_in(ns, &["link", "set", "eth0", "up"])?;
     ip_in(ns, &["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
     ip_in(ns, &["route", "add", "default", "via", &gw, "dev", "eth0"])?;
-    ip_in(ns, &["neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+    ip_in(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
     ip_in(host_ns, &["link", "set", host, "up"])?;
-    ip_in(host_ns, &["route", "replace", &format!("{ip_s}/32"), "dev", host, "scope", "link"])?;
-    ip_in(host_ns, &["neigh", "replace", &ip_s, "lladdr", &pod_mac, "dev", host, "nud", "permanent"])?;
+    ip_in(
+        host_ns,
+        &[
+            "route",
+            "replace",
+            &format!("{ip_s}/32"),
+            "dev",
+            host,
+            "scope",
+            "link",
+        ],
+    )?;
+    ip_in(
+        host_ns,
+        &[
+            "neigh",
+            "replace",
+            &ip_s,
+            "lladdr",
+            &pod_mac,
+            "dev",
+            host,
+            "nud",
+            "permanent",
+        ],
+    )?;
     let host_ifindex = ifindex_in(host_ns, host)?;
-    Ok(Pod { netns: spec.netns.clone(), host_ifname: spec.host_ifname.clone(), host_ifindex, ip: spec.ip })
+    Ok(Pod {
+        netns: spec.netns.clone(),
+        host_ifname: spec.host_ifname.clone(),
+        host_ifindex,
+        ip: spec.ip,
+    })
 }
 
 /// Deletes a pod (its namespace and so its veth pair).

@@ -32,7 +32,11 @@ impl Direction {
 
     /// Decodes the datapath's encoding (anything non-zero is egress).
     pub fn from_u8(v: u8) -> Self {
-        if v == 0 { Direction::Ingress } else { Direction::Egress }
+        if v == 0 {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        }
     }
 }
 
@@ -61,17 +65,38 @@ pub struct PolicyKey {
 impl PolicyKey {
     /// Key matching every protocol and port from `identity` (an L3-only rule).
     pub fn l3_only(ep_id: u32, identity: u32, direction: Direction) -> Self {
-        PolicyKey { ep_id, identity, direction, protocol: 0, port: 0, prefix: 0 }
+        PolicyKey {
+            ep_id,
+            identity,
+            direction,
+            protocol: 0,
+            port: 0,
+            prefix: 0,
+        }
     }
 
     /// Key matching every port of one protocol.
     pub fn protocol(ep_id: u32, identity: u32, direction: Direction, protocol: u8) -> Self {
-        PolicyKey { ep_id, identity, direction, protocol, port: 0, prefix: 8 }
+        PolicyKey {
+            ep_id,
+            identity,
+            direction,
+            protocol,
+            port: 0,
+            prefix: 8,
+        }
     }
 
     /// Key matching exactly one protocol and port (ICMP: type).
     pub fn port(ep_id: u32, identity: u32, direction: Direction, protocol: u8, port: u16) -> Self {
-        PolicyKey { ep_id, identity, direction, protocol, port, prefix: 24 }
+        PolicyKey {
+            ep_id,
+            identity,
+            direction,
+            protocol,
+            port,
+            prefix: 24,
+        }
     }
 
     /// Key matching one aligned port block (see [`port_range_blocks`]).
@@ -109,7 +134,11 @@ impl PolicyKey {
             }
             9..=24 => {
                 let bits = u32::from(self.prefix - 8);
-                let mask: u16 = if bits >= 16 { 0xffff } else { !(0xffffu16 >> bits) };
+                let mask: u16 = if bits >= 16 {
+                    0xffff
+                } else {
+                    !(0xffffu16 >> bits)
+                };
                 if self.port & !mask != 0 {
                     return bad("port has bits set beyond the prefix");
                 }
@@ -165,12 +194,22 @@ impl PolicyValue {
     /// A plain allow (precedence 1, as Cilium's allow at priority 0 minus the
     /// inverted-priority bits; pass whatever the policy engine computes).
     pub fn allow(cookie: u32) -> Self {
-        PolicyValue { proxy_port: 0, deny: false, precedence: 1, cookie }
+        PolicyValue {
+            proxy_port: 0,
+            deny: false,
+            precedence: 1,
+            cookie,
+        }
     }
 
     /// A deny at maximal precedence.
     pub fn deny(cookie: u32) -> Self {
-        PolicyValue { proxy_port: 0, deny: true, precedence: u32::MAX, cookie }
+        PolicyValue {
+            proxy_port: 0,
+            deny: true,
+            precedence: u32::MAX,
+            cookie,
+        }
     }
 
     pub(crate) fn to_raw(self, port_prefix_len: u8) -> RawPolicyEntry {
@@ -245,11 +284,18 @@ pub fn port_range_blocks(lo: u16, hi: u16) -> Vec<PortBlock> {
     let (mut cur, hi) = (u32::from(lo), u32::from(hi));
     while cur <= hi {
         // largest aligned block starting at `cur` that fits in [cur, hi]
-        let mut size_bits = if cur == 0 { 16 } else { cur.trailing_zeros().min(16) };
+        let mut size_bits = if cur == 0 {
+            16
+        } else {
+            cur.trailing_zeros().min(16)
+        };
         while cur + (1 << size_bits) - 1 > hi {
             size_bits -= 1;
         }
-        out.push(PortBlock { port: cur as u16, mask_bits: (16 - size_bits) as u8 });
+        out.push(PortBlock {
+            port: cur as u16,
+            mask_bits: (16 - size_bits) as u8,
+        });
         cur += 1 << size_bits;
     }
     out
@@ -279,15 +325,34 @@ mod tests {
 
     #[test]
     fn full_and_single_ranges() {
-        assert_eq!(port_range_blocks(0, 65535), vec![PortBlock { port: 0, mask_bits: 0 }]);
-        assert_eq!(port_range_blocks(8080, 8080), vec![PortBlock { port: 8080, mask_bits: 16 }]);
+        assert_eq!(
+            port_range_blocks(0, 65535),
+            vec![PortBlock {
+                port: 0,
+                mask_bits: 0
+            }]
+        );
+        assert_eq!(
+            port_range_blocks(8080, 8080),
+            vec![PortBlock {
+                port: 8080,
+                mask_bits: 16
+            }]
+        );
         assert_eq!(port_range_blocks(65535, 65535).len(), 1);
         assert!(port_range_blocks(10, 9).is_empty());
     }
 
     #[test]
     fn blocks_are_aligned_and_exact_for_many_ranges() {
-        for (lo, hi) in [(0, 1), (1, 2), (3, 17), (1023, 1025), (32768, 65535), (100, 60000)] {
+        for (lo, hi) in [
+            (0, 1),
+            (1, 2),
+            (3, 17),
+            (1023, 1025),
+            (32768, 65535),
+            (100, 60000),
+        ] {
             let b = port_range_blocks(lo, hi);
             assert_eq!(covered(&b), (lo..=hi).collect::<Vec<_>>(), "{lo}-{hi}");
             for blk in &b {
@@ -299,15 +364,31 @@ mod tests {
 
     #[test]
     fn key_validation() {
-        assert!(PolicyKey::l3_only(1, 5, Direction::Ingress).validate().is_ok());
-        assert!(PolicyKey::protocol(1, 5, Direction::Ingress, 6).validate().is_ok());
-        assert!(PolicyKey::port(1, 5, Direction::Ingress, 6, 80).validate().is_ok());
+        assert!(
+            PolicyKey::l3_only(1, 5, Direction::Ingress)
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            PolicyKey::protocol(1, 5, Direction::Ingress, 6)
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            PolicyKey::port(1, 5, Direction::Ingress, 6, 80)
+                .validate()
+                .is_ok()
+        );
         let mut k = PolicyKey::port(1, 5, Direction::Ingress, 6, 81);
         k.prefix = 20; // 81 has low bits set
         assert!(k.validate().is_err());
         k.prefix = 5;
         assert!(k.validate().is_err());
-        assert!(PolicyKey::port(1, 5, Direction::Ingress, 0, 80).validate().is_err());
+        assert!(
+            PolicyKey::port(1, 5, Direction::Ingress, 0, 80)
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]
@@ -316,7 +397,12 @@ mod tests {
         let raw = k.to_raw();
         assert_eq!(raw.prefix_len(), 96);
         assert_eq!(PolicyKey::from_raw(raw.prefix_len(), raw.data()), k);
-        let v = PolicyValue { proxy_port: 15001, deny: false, precedence: 9, cookie: 42 };
+        let v = PolicyValue {
+            proxy_port: 15001,
+            deny: false,
+            precedence: 9,
+            cookie: 42,
+        };
         assert_eq!(PolicyValue::from_raw(v.to_raw(24)), v);
         assert_eq!(std::mem::size_of::<RawPolicyKeyData>(), 12);
         assert_eq!(std::mem::size_of::<RawPolicyEntry>(), 12);

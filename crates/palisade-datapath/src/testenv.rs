@@ -52,7 +52,10 @@ impl TestEnv {
 
     /// A datapath configuration using this environment's pin root.
     pub fn config(&self) -> DatapathConfig {
-        DatapathConfig { pin_root: self.pin_root.clone(), ..DatapathConfig::default() }
+        DatapathConfig {
+            pin_root: self.pin_root.clone(),
+            ..DatapathConfig::default()
+        }
     }
 
     /// Adds a pod with address 100.64.0.(pods+2) attached to the node.
@@ -180,8 +183,14 @@ impl EchoServer {
             }
         });
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => Ok(EchoServer { stop, handle: Some(handle) }),
-            Ok(Err(source)) => Err(NetnsError::Io { context: format!("binding port {port}"), source }),
+            Ok(Ok(())) => Ok(EchoServer {
+                stop,
+                handle: Some(handle),
+            }),
+            Ok(Err(source)) => Err(NetnsError::Io {
+                context: format!("binding port {port}"),
+                source,
+            }),
             Err(_) => {
                 stop.store(true, Ordering::Relaxed);
                 Err(NetnsError::ThreadPanicked(ns.to_string()))

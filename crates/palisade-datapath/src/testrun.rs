@@ -44,7 +44,12 @@ pub struct TestRunResult {
 
 /// Runs a program fd on `packet` `repeat` times with `skb->ifindex = ifindex`
 /// (must exist in the caller's namespace, e.g. 1 = lo).
-pub fn test_run_fd(prog_fd: i32, packet: &[u8], ifindex: u32, repeat: u32) -> Result<TestRunResult> {
+pub fn test_run_fd(
+    prog_fd: i32,
+    packet: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<TestRunResult> {
     let mut ctx = [0u8; SKB_CTX_SIZE];
     ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let mut attr = TestRunAttr {
@@ -66,9 +71,15 @@ pub fn test_run_fd(prog_fd: i32, packet: &[u8], ifindex: u32, repeat: u32) -> Re
         )
     };
     if rc < 0 {
-        return Err(DatapathError::io("BPF_PROG_TEST_RUN", std::io::Error::last_os_error()));
+        return Err(DatapathError::io(
+            "BPF_PROG_TEST_RUN",
+            std::io::Error::last_os_error(),
+        ));
     }
-    Ok(TestRunResult { retval: attr.retval, duration_ns: attr.duration })
+    Ok(TestRunResult {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+    })
 }
 
 impl Datapath {

@@ -50,22 +50,33 @@ fn setup(enforce: &[(bool, bool)]) -> Setup {
             },
         )
         .expect("endpoint");
-        dp.ipcache_upsert(Ipv4Prefix::host(pod.ip), identity(i)).expect("ipcache");
+        dp.ipcache_upsert(Ipv4Prefix::host(pod.ip), identity(i))
+            .expect("ipcache");
         pods.push(pod);
     }
     let ifindexes: Vec<u32> = pods.iter().map(|p| p.host_ifindex).collect();
     env.in_node(|| ifindexes.iter().try_for_each(|i| dp.attach(*i)))
         .expect("node thread")
         .expect("attach");
-    Setup { dp, events, pods, env }
+    Setup {
+        dp,
+        events,
+        pods,
+        env,
+    }
 }
 
 fn connects(s: &Setup, from: usize, to: usize, port: u16) -> bool {
-    tcp_connect(&s.pods[from].netns, s.pods[to].ip, port, SHORT).expect("netns").is_ok()
+    tcp_connect(&s.pods[from].netns, s.pods[to].ip, port, SHORT)
+        .expect("netns")
+        .is_ok()
 }
 
 fn wait_event(s: &mut Setup, pred: impl FnMut(&DatapathEvent) -> bool) -> DatapathEvent {
-    s.events.wait_for(LONG, pred).expect("event ring").expect("expected event did not arrive")
+    s.events
+        .wait_for(LONG, pred)
+        .expect("event ring")
+        .expect("expected event did not arrive")
 }
 
 #[test]
@@ -73,10 +84,15 @@ fn default_deny_drops_with_reason_133_and_an_event() {
     let mut s = setup(&[(false, false), (true, false)]);
     let _srv = EchoServer::start(&s.pods[1].netns, 8080).expect("server");
     assert!(!connects(&s, 0, 1, 8080), "default deny must drop");
-    let ev = wait_event(&mut s, |e| e.ep_id == ep_id(1) && e.verdict == Verdict::Dropped);
+    let ev = wait_event(&mut s, |e| {
+        e.ep_id == ep_id(1) && e.verdict == Verdict::Dropped
+    });
     assert_eq!(ev.drop_reason, 133);
     assert_eq!(ev.direction, Direction::Ingress);
-    assert_eq!((ev.saddr, ev.daddr, ev.dport, ev.proto), (s.pods[0].ip, s.pods[1].ip, 8080, TCP));
+    assert_eq!(
+        (ev.saddr, ev.daddr, ev.dport, ev.proto),
+        (s.pods[0].ip, s.pods[1].ip, 8080, TCP)
+    );
     assert_eq!(ev.local_identity, identity(1));
     assert_eq!(ev.remote_identity, identity(0));
     assert_eq!(ev.match_type, MatchType::None);
@@ -91,7 +107,8 @@ fn exact_identity_l3_only_allows_with_cookie_and_counters() {
     let mut s = setup(&[(false, false), (true, false), (false, false)]);
     let _srv = EchoServer::start(&s.pods[1].netns, 8080).expect("server");
     let key = PolicyKey::l3_only(ep_id(1), identity(0), Direction::Ingress);
-    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(11))], &[]).expect("apply");
+    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(11))], &[])
+        .expect("apply");
 
     let mut stream = tcp_connect(&s.pods[0].netns, s.pods[1].ip, 8080, LONG)
         .expect("netns")
@@ -109,7 +126,10 @@ fn exact_identity_l3_only_allows_with_cookie_and_counters() {
     assert_eq!((ev.drop_reason, ev.remote_identity), (133, identity(2)));
 
     let c = s.dp.counters(ep_id(1)).expect("counters");
-    assert!(c.packets(Direction::Ingress, Verdict::Forwarded) >= 3, "{c:?}");
+    assert!(
+        c.packets(Direction::Ingress, Verdict::Forwarded) >= 3,
+        "{c:?}"
+    );
     assert!(c.entries.iter().any(|e| e.bytes > 0));
 }
 
@@ -119,9 +139,12 @@ fn l4_only_wildcard_identity_allows_one_port() {
     let _a = EchoServer::start(&s.pods[1].netns, 8080).expect("server");
     let _b = EchoServer::start(&s.pods[1].netns, 8081).expect("server");
     let key = PolicyKey::port(ep_id(1), 0, Direction::Ingress, TCP, 8080);
-    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(21))], &[]).expect("apply");
+    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(21))], &[])
+        .expect("apply");
     assert!(connects(&s, 0, 1, 8080));
-    let ev = wait_event(&mut s, |e| e.ep_id == ep_id(1) && e.verdict == Verdict::Forwarded && e.dport == 8080);
+    let ev = wait_event(&mut s, |e| {
+        e.ep_id == ep_id(1) && e.verdict == Verdict::Forwarded && e.dport == 8080
+    });
     assert_eq!((ev.match_type, ev.cookie), (MatchType::L4Only, 21));
     assert!(!connects(&s, 0, 1, 8081));
     let ev = wait_event(&mut s, |e| e.verdict == Verdict::Dropped);
@@ -135,11 +158,21 @@ fn deny_beats_allow_with_reason_181() {
     let _b = EchoServer::start(&s.pods[1].netns, 8081).expect("server");
     let allow = PolicyKey::l3_only(ep_id(1), identity(0), Direction::Ingress);
     let deny = PolicyKey::port(ep_id(1), 0, Direction::Ingress, TCP, 8080);
-    s.dp.policy_apply(ep_id(1), &[(allow, PolicyValue::allow(1)), (deny, PolicyValue::deny(99))], &[])
-        .expect("apply");
+    s.dp.policy_apply(
+        ep_id(1),
+        &[
+            (allow, PolicyValue::allow(1)),
+            (deny, PolicyValue::deny(99)),
+        ],
+        &[],
+    )
+    .expect("apply");
     assert!(!connects(&s, 0, 1, 8080), "deny must win");
     let ev = wait_event(&mut s, |e| e.verdict == Verdict::Dropped);
-    assert_eq!((ev.drop_reason, ev.cookie, ev.match_type), (181, 99, MatchType::L4Only));
+    assert_eq!(
+        (ev.drop_reason, ev.cookie, ev.match_type),
+        (181, 99, MatchType::L4Only)
+    );
     assert!(connects(&s, 0, 1, 8081));
 }
 
@@ -153,7 +186,10 @@ fn port_range_entries_allow_the_range_only() {
     let adds: Vec<(PolicyKey, PolicyValue)> = port_range_blocks(8000, 8100)
         .into_iter()
         .map(|b| {
-            (PolicyKey::port_block(ep_id(1), identity(0), Direction::Ingress, TCP, b), PolicyValue::allow(5))
+            (
+                PolicyKey::port_block(ep_id(1), identity(0), Direction::Ingress, TCP, b),
+                PolicyValue::allow(5),
+            )
         })
         .collect();
     s.dp.policy_apply(ep_id(1), &adds, &[]).expect("apply");
@@ -163,7 +199,9 @@ fn port_range_entries_allow_the_range_only() {
     assert!(connects(&s, 0, 1, 8100));
     assert!(!connects(&s, 0, 1, 7999));
     assert!(!connects(&s, 0, 1, 8101));
-    let ev = wait_event(&mut s, |e| e.ep_id == ep_id(1) && e.verdict == Verdict::Forwarded);
+    let ev = wait_event(&mut s, |e| {
+        e.ep_id == ep_id(1) && e.verdict == Verdict::Forwarded
+    });
     assert_eq!((ev.match_type, ev.cookie), (MatchType::L3L4, 5));
     drop(servers);
 }
@@ -176,24 +214,36 @@ fn replies_pass_while_the_reverse_direction_is_denied() {
     let _srv0 = EchoServer::start(&s.pods[0].netns, 8080).expect("server");
     s.dp.policy_apply(
         ep_id(0),
-        &[(PolicyKey::port(ep_id(0), identity(1), Direction::Egress, TCP, 8080), PolicyValue::allow(1))],
+        &[(
+            PolicyKey::port(ep_id(0), identity(1), Direction::Egress, TCP, 8080),
+            PolicyValue::allow(1),
+        )],
         &[],
     )
     .expect("apply");
     s.dp.policy_apply(
         ep_id(1),
-        &[(PolicyKey::port(ep_id(1), identity(0), Direction::Ingress, TCP, 8080), PolicyValue::allow(2))],
+        &[(
+            PolicyKey::port(ep_id(1), identity(0), Direction::Ingress, TCP, 8080),
+            PolicyValue::allow(2),
+        )],
         &[],
     )
     .expect("apply");
     let mut stream = tcp_connect(&s.pods[0].netns, s.pods[1].ip, 8080, LONG)
         .expect("netns")
         .expect("0 -> 1 allowed");
-    assert!(echo_roundtrip(&mut stream, b"ping-pong", LONG), "replies must pass");
+    assert!(
+        echo_roundtrip(&mut stream, b"ping-pong", LONG),
+        "replies must pass"
+    );
     // the other way round is denied at pod 1's egress
     assert!(!connects(&s, 1, 0, 8080));
     let ev = wait_event(&mut s, |e| e.verdict == Verdict::Dropped);
-    assert_eq!((ev.ep_id, ev.direction, ev.drop_reason), (ep_id(1), Direction::Egress, 133));
+    assert_eq!(
+        (ev.ep_id, ev.direction, ev.drop_reason),
+        (ep_id(1), Direction::Egress, 133)
+    );
     // a clean close: no drop event from the teardown
     drop(stream);
     let ct_ok = wait_until(LONG, || {
@@ -202,10 +252,20 @@ fn replies_pass_while_the_reverse_direction_is_denied() {
             .iter()
             .any(|(k, e)| k.ep_id == ep_id(0) && k.proto == TCP && k.dport == 8080 && e.closing())
     });
-    assert!(ct_ok, "the closed connection stays tracked in a closing state");
-    let teardown_drops: Vec<_> =
-        s.events.drain().into_iter().filter(|e| e.verdict == Verdict::Dropped && e.dport == 8080 && e.sport != 8080).collect();
-    assert!(teardown_drops.iter().all(|e| e.saddr == s.pods[1].ip), "{teardown_drops:?}");
+    assert!(
+        ct_ok,
+        "the closed connection stays tracked in a closing state"
+    );
+    let teardown_drops: Vec<_> = s
+        .events
+        .drain()
+        .into_iter()
+        .filter(|e| e.verdict == Verdict::Dropped && e.dport == 8080 && e.sport != 8080)
+        .collect();
+    assert!(
+        teardown_drops.iter().all(|e| e.saddr == s.pods[1].ip),
+        "{teardown_drops:?}"
+    );
 }
 
 #[test]
@@ -213,7 +273,8 @@ fn revoking_policy_cuts_an_open_connection_and_reallowing_restores_it() {
     let mut s = setup(&[(false, false), (true, false)]);
     let _srv = EchoServer::start(&s.pods[1].netns, 8080).expect("server");
     let key = PolicyKey::port(ep_id(1), identity(0), Direction::Ingress, TCP, 8080);
-    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(7))], &[]).expect("apply");
+    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(7))], &[])
+        .expect("apply");
     let mut stream = tcp_connect(&s.pods[0].netns, s.pods[1].ip, 8080, LONG)
         .expect("netns")
         .expect("allowed");
@@ -222,13 +283,19 @@ fn revoking_policy_cuts_an_open_connection_and_reallowing_restores_it() {
         assert!(echo_roundtrip(&mut stream, b"steady", LONG));
     }
     s.dp.policy_apply(ep_id(1), &[], &[key]).expect("revoke");
-    assert!(!echo_roundtrip(&mut stream, b"cut", SHORT), "revocation must cut the flow");
+    assert!(
+        !echo_roundtrip(&mut stream, b"cut", SHORT),
+        "revocation must cut the flow"
+    );
     let ev = wait_event(&mut s, |e| e.verdict == Verdict::Dropped);
     assert_eq!((ev.drop_reason, ev.ct_state), (133, CtState::Established));
-    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(7))], &[]).expect("re-allow");
+    s.dp.policy_apply(ep_id(1), &[(key, PolicyValue::allow(7))], &[])
+        .expect("re-allow");
     // the "cut" bytes are retransmitted and echoed: read them, then a fresh round trip
     let mut buf = [0u8; 3];
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     std::io::Read::read_exact(&mut stream, &mut buf).expect("retransmission delivered");
     assert_eq!(&buf, b"cut");
     assert!(echo_roundtrip(&mut stream, b"restored", LONG));
@@ -238,8 +305,16 @@ fn revoking_policy_cuts_an_open_connection_and_reallowing_restores_it() {
 fn icmp_errors_related_to_a_tracked_flow_pass() {
     // pod 0 enforces ingress with no policy at all: only replies/related get in
     let s = setup(&[(true, true), (true, true)]);
-    s_apply(&s, 0, PolicyKey::port(ep_id(0), 0, Direction::Egress, UDP, 9999));
-    s_apply(&s, 1, PolicyKey::port(ep_id(1), 0, Direction::Ingress, UDP, 9999));
+    s_apply(
+        &s,
+        0,
+        PolicyKey::port(ep_id(0), 0, Direction::Egress, UDP, 9999),
+    );
+    s_apply(
+        &s,
+        1,
+        PolicyKey::port(ep_id(1), 0, Direction::Ingress, UDP, 9999),
+    );
     let dst = s.pods[1].ip;
     let refused = palisade_datapath::netns::in_netns(&s.pods[0].netns, move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -256,14 +331,19 @@ fn icmp_errors_related_to_a_tracked_flow_pass() {
 fn s_apply(s: &Setup, _i: usize, key: PolicyKey) {
     // helper taking &Setup: write through a second handle on the same pins
     let mut dp = Datapath::load_or_adopt(s.env.config()).expect("adopt");
-    dp.policy_apply(key.ep_id, &[(key, PolicyValue::allow(3))], &[]).expect("apply");
+    dp.policy_apply(key.ep_id, &[(key, PolicyValue::allow(3))], &[])
+        .expect("apply");
 }
 
 #[test]
 fn udp_without_policy_is_dropped_and_icmp_unrelated_is_not_let_in() {
     // same as above but pod 1 does not allow the UDP: no error comes back
     let s = setup(&[(true, true), (true, true)]);
-    s_apply(&s, 0, PolicyKey::port(ep_id(0), 0, Direction::Egress, UDP, 9999));
+    s_apply(
+        &s,
+        0,
+        PolicyKey::port(ep_id(0), 0, Direction::Egress, UDP, 9999),
+    );
     let dst = s.pods[1].ip;
     let refused = palisade_datapath::netns::in_netns(&s.pods[0].netns, move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -278,4 +358,3 @@ fn udp_without_policy_is_dropped_and_icmp_unrelated_is_not_let_in() {
     let c = s.dp.counters(ep_id(1)).expect("counters");
     assert!(c.dropped(Direction::Ingress, 133) >= 1);
 }
-
