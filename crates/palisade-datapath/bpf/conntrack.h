@@ -63,6 +63,11 @@ struct ct_entry {
 	__u8 _pad1;
 	__u16 proxy_port; /* host order; L7 redirect of this connection */
 	__u16 _pad2;
+	/* Verdict cache of the opening direction: valid while the global policy
+	 * revision (policy.h) equals policy_rev. 0 = nothing cached. */
+	__u32 policy_rev;
+	__u8 cached_verdict; /* VERDICT_* + 1 */
+	__u8 _pad3[3];
 };
 
 struct {
@@ -163,7 +168,8 @@ static __always_inline int ct_update(struct ct_entry *e, const struct pkt_tuple 
 /* Looks the packet up; see the comment at the top of this file.
  * `inner` is the embedded tuple of an ICMP error (NULL otherwise). */
 static __always_inline int ct_lookup(__u32 ep_id, const struct pkt_tuple *t,
-				     const struct pkt_tuple *inner, __u8 dir, __u64 now)
+				     const struct pkt_tuple *inner, __u8 dir, __u64 now,
+				     struct ct_entry **fwd_entry)
 {
 	struct ct_key key;
 	struct ct_entry *e;
@@ -188,8 +194,10 @@ static __always_inline int ct_lookup(__u32 ep_id, const struct pkt_tuple *t,
 	ct_ports(t, &sport, &dport);
 	ct_key_from(&key, ep_id, t->saddr, t->daddr, sport, dport, t->proto, dir);
 	e = bpf_map_lookup_elem(&conntrack, &key);
-	if (e && !ct_expired(e, now))
+	if (e && !ct_expired(e, now)) {
+		*fwd_entry = e;
 		return ct_update(e, t, 1, now);
+	}
 
 	ct_key_from(&key, ep_id, t->daddr, t->saddr, dport, sport, t->proto, !dir);
 	e = bpf_map_lookup_elem(&conntrack, &key);
@@ -201,7 +209,7 @@ static __always_inline int ct_lookup(__u32 ep_id, const struct pkt_tuple *t,
 
 /* Creates (or replaces an expired) entry for an allowed new connection. */
 static __always_inline void ct_create(__u32 ep_id, const struct pkt_tuple *t, __u8 dir,
-				      __u16 proxy_port, __u64 now)
+				      __u16 proxy_port, __u64 now, __u32 policy_rev, __u8 verdict)
 {
 	struct ct_key key;
 	struct ct_entry e = {};
@@ -216,6 +224,8 @@ static __always_inline void ct_create(__u32 ep_id, const struct pkt_tuple *t, __
 	e.last_seen_ns = now;
 	e.packets_fwd = 1;
 	e.proxy_port = proxy_port;
+	e.policy_rev = policy_rev;
+	e.cached_verdict = verdict + 1;
 	if (t->proto == IPPROTO_TCP) {
 		e.tcp_flags_fwd = t->tcp_flags;
 		if (t->tcp_flags & TCP_FIN)

@@ -110,7 +110,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct pkt_tuple t = {}, inner = {};
 	struct policy_verdict v = {};
 	struct endpoint_info *ep;
-	__u32 ep_id = 0, local_id = 0, remote_id, l4;
+	struct ct_entry *fwd = 0;
+	__u32 rev, ep_id = 0, local_id = 0, remote_id, l4;
 	__u16 proto;
 	int enforce = 1, ct, has_inner = 0, off;
 	__u64 now;
@@ -145,15 +146,25 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		enforce = endpoint_enforces(ep, dir);
 	}
 	/* an interface we are attached to without an endpoint: default deny */
-	remote_id = ipcache_identity(dir == DIR_EGRESS ? t.daddr : t.saddr);
 	now = bpf_ktime_get_ns();
+	rev = policy_revision_get();
 
-	ct = ct_lookup(ep_id, &t, has_inner ? &inner : 0, dir, now);
+	ct = ct_lookup(ep_id, &t, has_inner ? &inner : 0, dir, now, &fwd);
 	if (ct == CT_REPLY || ct == CT_RELATED) {
 		counters_add(ep_id, dir, VERDICT_FORWARDED, REASON_NONE, skb->len);
 		return TC_ACT_OK;
 	}
+	if (ct == CT_ESTABLISHED && fwd && fwd->policy_rev == rev && fwd->cached_verdict) {
+		/* nothing changed since this flow's last policy check */
+		__u8 cached = fwd->cached_verdict - 1;
 
+		counters_add(ep_id, dir, cached, REASON_NONE, skb->len);
+		if (cached == VERDICT_REDIRECTED)
+			return l7_proxy_redirect(skb, fwd->proxy_port);
+		return TC_ACT_OK;
+	}
+
+	remote_id = ipcache_identity(dir == DIR_EGRESS ? t.daddr : t.saddr);
 	if (enforce) {
 		policy_can_access(ep_id, remote_id, dir, t.proto, t.is_fragment ? 0 : t.dport, &v);
 	} else {
@@ -162,16 +173,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	if (v.verdict == VERDICT_DROPPED) {
+		if (fwd)
+			fwd->cached_verdict = 0;
 		counters_add(ep_id, dir, VERDICT_DROPPED, v.reason, skb->len);
 		emit_event(skb, ep_id, local_id, remote_id, &t, dir, &v, (__u8)ct);
 		return TC_ACT_SHOT;
 	}
 
 	if (ct == CT_NEW) {
-		ct_create(ep_id, &t, dir, v.proxy_port, now);
+		ct_create(ep_id, &t, dir, v.proxy_port, now, rev, v.verdict);
 		emit_event(skb, ep_id, local_id, remote_id, &t, dir, &v, (__u8)ct);
-	} else if (ct == CT_REOPENED) {
-		emit_event(skb, ep_id, local_id, remote_id, &t, dir, &v, (__u8)ct);
+	} else {
+		if (fwd) {
+			fwd->policy_rev = rev;
+			fwd->cached_verdict = v.verdict + 1;
+			fwd->proxy_port = v.proxy_port;
+		}
+		if (ct == CT_REOPENED)
+			emit_event(skb, ep_id, local_id, remote_id, &t, dir, &v, (__u8)ct);
 	}
 	counters_add(ep_id, dir, v.verdict, REASON_NONE, skb->len);
 

@@ -36,6 +36,25 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } policy SEC(".maps");
 
+/* Global policy revision, bumped by user space after every change that can
+ * change a verdict (policy, ipcache, endpoints). Established connections
+ * re-check policy only when it moved since their last check: revoking a
+ * policy still cuts existing flows, without two LPM lookups per packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} policy_revision SEC(".maps");
+
+static __always_inline __u32 policy_revision_get(void)
+{
+	__u32 zero = 0;
+	__u64 *rev = bpf_map_lookup_elem(&policy_revision, &zero);
+
+	return rev ? (__u32)*rev : 0;
+}
+
 /* Cilium's match types, reported in policy-verdict events. */
 #define MATCH_NONE 0
 #define MATCH_L3_ONLY 1

@@ -6,7 +6,9 @@
 //! the connection and the direction it was opened in; value
 //! `{last_seen_ns u64, lifetime_ns u64, created_ns u64, packets_fwd u64,
 //! packets_rev u64, flags u8, tcp_flags_fwd u8, tcp_flags_rev u8, pad u8,
-//! proxy_port u16, pad u16}` (48 bytes).
+//! proxy_port u16, pad u16, policy_rev u32, cached_verdict u8, pad [u8; 3]}`
+//! (56 bytes). `policy_rev`/`cached_verdict` cache the opening direction's
+//! verdict while the global policy revision is unchanged.
 //!
 //! Only the opening direction is checked against policy (and re-checked on
 //! every packet, so revoking a policy cuts the flow); replies and related ICMP
@@ -179,8 +181,11 @@ pub(crate) struct RawCtEntry {
     pub pad1: u8,
     pub proxy_port: u16,
     pub pad2: u16,
+    pub policy_rev: u32,
+    pub cached_verdict: u8,
+    pub pad3: [u8; 3],
 }
-// SAFETY: repr(C), no interior padding (48 bytes), all bit patterns valid.
+// SAFETY: repr(C), no interior padding (56 bytes), all bit patterns valid.
 unsafe impl aya::Pod for RawCtEntry {}
 
 impl RawCtEntry {
@@ -206,7 +211,7 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         assert_eq!(std::mem::size_of::<RawCtKey>(), 20);
-        assert_eq!(std::mem::size_of::<RawCtEntry>(), 48);
+        assert_eq!(std::mem::size_of::<RawCtEntry>(), 56);
     }
 
     #[test]
@@ -223,6 +228,9 @@ mod tests {
             pad1: 0,
             proxy_port: 0,
             pad2: 0,
+            policy_rev: 0,
+            cached_verdict: 0,
+            pad3: [0; 3],
         }
         .to_entry();
         assert!(!e.expired(150));

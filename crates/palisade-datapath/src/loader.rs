@@ -3,7 +3,8 @@
 //! # Pinning and adoption
 //!
 //! Every map is pinned under [`DatapathConfig::pin_root`] by name
-//! (`endpoints`, `ipcache`, `policy`, `conntrack`, `counters`, `events`),
+//! (`endpoints`, `ipcache`, `policy`, `policy_revision`, `conntrack`,
+//! `counters`, `events`),
 //! using aya 0.14's `EbpfLoader::map_pin_path`: when a pin exists aya opens
 //! it and relocates the freshly loaded programs against it (state adopted,
 //! never flushed); otherwise it creates the map and pins it. Before that,
@@ -22,7 +23,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapType, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapType, PerCpuHashMap, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -94,11 +95,12 @@ impl Program {
 }
 
 /// (name, type, key size, value size) of every map this build uses.
-const MAPS: [(&str, MapType, u32, u32); 6] = [
+const MAPS: [(&str, MapType, u32, u32); 7] = [
     ("endpoints", MapType::Hash, 4, 12),
     ("ipcache", MapType::LpmTrie, 8, 4),
     ("policy", MapType::LpmTrie, 16, 12),
-    ("conntrack", MapType::LruHash, 20, 48),
+    ("conntrack", MapType::LruHash, 20, 56),
+    ("policy_revision", MapType::Array, 4, 8),
     ("counters", MapType::PerCpuHash, 8, 16),
     ("events", MapType::RingBuf, 0, 0),
 ];
@@ -118,6 +120,7 @@ pub struct Datapath {
     conntrack: HashMap<MapData, RawCtKey, RawCtEntry>,
     counters: PerCpuHashMap<MapData, RawCounterKey, RawCounterValue>,
     events: Option<RingBuf<MapData>>,
+    policy_revision: Array<MapData, u64>,
     policy_shadow: BTreeMap<u32, BTreeMap<PolicyKey, PolicyValue>>,
 }
 
@@ -277,6 +280,8 @@ impl Datapath {
         let events = RingBuf::try_from(take_map(&mut ebpf, "events")?)
             .map_err(|e| DatapathError::map("open", "events", e))?;
 
+        let policy_revision = Array::try_from(take_map(&mut ebpf, "policy_revision")?)
+            .map_err(|e| DatapathError::map("open", "policy_revision", e))?;
         let mut dp = Datapath {
             config,
             ebpf,
@@ -286,6 +291,7 @@ impl Datapath {
             conntrack,
             counters,
             events: Some(events),
+            policy_revision,
             policy_shadow: BTreeMap::new(),
         };
         for (key, value) in dp.scan_policy(None)? {
@@ -469,19 +475,41 @@ impl Datapath {
         Ok(())
     }
 
+    /// Bumps the global policy revision: established connections re-check
+    /// their verdict against the current maps on their next packet. Every
+    /// writer of this type calls it after a change; call it after editing
+    /// the pinned maps by other means.
+    pub fn bump_policy_revision(&mut self) -> Result<()> {
+        let cur = self
+            .policy_revision
+            .get(&0, 0)
+            .map_err(|e| DatapathError::map("lookup", "policy_revision", e))?;
+        self.policy_revision
+            .set(0, cur.wrapping_add(1), 0)
+            .map_err(|e| DatapathError::map("update", "policy_revision", e))
+    }
+
+    /// The current global policy revision.
+    pub fn policy_revision(&self) -> Result<u64> {
+        self.policy_revision
+            .get(&0, 0)
+            .map_err(|e| DatapathError::map("lookup", "policy_revision", e))
+    }
+
     // ----- endpoints -----
 
     /// Adds or updates the endpoint behind host-side veth `ifindex`.
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<()> {
         self.endpoints
             .insert(ifindex, info.to_raw(), 0)
-            .map_err(|e| DatapathError::map("insert", "endpoints", e))
+            .map_err(|e| DatapathError::map("insert", "endpoints", e))?;
+        self.bump_policy_revision()
     }
 
     /// Removes the endpoint behind `ifindex` (absent is not an error).
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
         match self.endpoints.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => self.bump_policy_revision(),
             Err(e) => Err(DatapathError::map("remove", "endpoints", e)),
         }
     }
@@ -503,13 +531,14 @@ impl Datapath {
     pub fn ipcache_upsert(&mut self, prefix: Ipv4Prefix, identity: u32) -> Result<()> {
         self.ipcache
             .insert(&prefix.to_raw(), identity, 0)
-            .map_err(|e| DatapathError::map("insert", "ipcache", e))
+            .map_err(|e| DatapathError::map("insert", "ipcache", e))?;
+        self.bump_policy_revision()
     }
 
     /// Removes `prefix` (absent is not an error).
     pub fn ipcache_remove(&mut self, prefix: Ipv4Prefix) -> Result<()> {
         match self.ipcache.remove(&prefix.to_raw()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => self.bump_policy_revision(),
             Err(e) => Err(DatapathError::map("remove", "ipcache", e)),
         }
     }
@@ -598,7 +627,8 @@ impl Datapath {
         } else {
             self.policy_shadow.insert(ep_id, next);
         }
-        Ok(())
+        // after the writes: established flows re-check on their next packet
+        self.bump_policy_revision()
     }
 
     fn policy_rollback(
@@ -614,6 +644,9 @@ impl Datapath {
             if let Err(e) = res {
                 tracing::error!(?key, error = %e, "policy rollback failed");
             }
+        }
+        if let Err(e) = self.bump_policy_revision() {
+            tracing::error!(error = %e, "bumping the policy revision after a rollback failed");
         }
     }
 

@@ -36,8 +36,14 @@ impl TestEnv {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = format!("{pid}-{n}");
-        // interface names: "p" + base36(pid) + "x" + base36(n) + pod index
-        let short = format!("p{}x{}", base36(pid), base36(n));
+        // interface names (<= 15 bytes): "p" + base36(pid) (4) + "x" + base36(n) (3)
+        // + "h" + pod index. They live in this env's own node namespace, so
+        // the truncation cannot collide with another environment.
+        let short = format!(
+            "p{}x{}",
+            base36(pid % 36u32.pow(4)),
+            base36(n % 36u32.pow(3))
+        );
         let env = TestEnv {
             node: format!("pal-{tag}-node"),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/palisade-test-{tag}")),
@@ -125,8 +131,8 @@ mod tests {
 
     #[test]
     fn names_fit_ifnamsiz() {
-        let short = format!("p{}x{}", base36(u32::MAX), base36(u32::MAX));
-        assert!(format!("{short}h9").len() <= 15, "{short}");
+        let short = format!("p{}x{}", base36(36u32.pow(4) - 1), base36(36u32.pow(3) - 1));
+        assert!(format!("{short}h99").len() <= 15, "{short}");
     }
 }
 
