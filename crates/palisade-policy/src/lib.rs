@@ -7,9 +7,17 @@
 pub mod api;
 pub mod cluster;
 pub mod decode;
+pub mod engine;
 pub mod fqdn;
+pub mod identity;
+pub mod ipcache;
 pub mod l7;
 pub mod labels;
 pub mod manifest;
+pub mod mapstate;
 pub mod node;
+pub mod repository;
 pub mod selector;
+pub mod selectorcache;
+pub mod testspec;
+pub mod trace;

@@ -209,7 +209,7 @@ pub struct SyntaxError {
 /// Parses every document of a YAML (or JSON) text into positioned trees.
 /// Empty documents are left out.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let options = serde_saphyr::options! {};
+    let options = serde_saphyr::options! { strict_booleans: true };
     match serde_saphyr::from_multiple_with_options::<SpannedNode>(text, options) {
         Ok(docs) => Ok(docs
             .into_iter()
