@@ -1,0 +1,1092 @@
+//! The agent: owns the policy engine and the datapath, runs the local pods,
+//! watches the manifests directory, serves the API, collects conntrack
+//! garbage and reads datapath events.
+//!
+//! All state lives behind one mutex ([`State`]); every change follows the
+//! same path: validate the whole change, build the candidate engine, swap it
+//! in, reconcile the datapath by deltas. An invalid change never replaces
+//! the last good state.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use palisade_datapath::netns::{self, PodSpec};
+use palisade_datapath::{Datapath, DatapathConfig, DatapathEvent, Verdict as DpVerdict};
+use palisade_policy::cluster::{Namespace, Node};
+use palisade_policy::engine::Engine;
+use palisade_policy::manifest::Object;
+use palisade_policy::mapstate::RuleRef;
+
+use crate::api::{
+    ApplyReport, BpfPolicy, BpfPolicyRow, EndpointRow, FlowEvent, PodInfo, PodRunSpec, Request,
+    Response, StatusInfo,
+};
+use crate::config::AgentConfig;
+use crate::error::{AgentError, Result};
+use crate::ipam::Ipam;
+use crate::pods::{self, PodRecord};
+use crate::reconcile::{self, EndpointRuntime, EndpointStatus};
+use crate::sources::{self, ApiStore, Fingerprint, SourceFile, Sourced};
+use crate::store;
+
+const EVENT_LOG_CAPACITY: usize = 20_000;
+
+/// Everything mutable, behind one lock.
+struct State {
+    engine: Engine,
+    datapath: Datapath,
+    dir_objects: Vec<Sourced>,
+    dir_fingerprint: Fingerprint,
+    dir_generation: u64,
+    dir_errors: Vec<String>,
+    api: ApiStore,
+    api_objects: Vec<Sourced>,
+    pods: BTreeMap<String, PodRecord>,
+    ipam: Ipam,
+    ifindex: BTreeMap<String, u32>,
+    status: BTreeMap<String, EndpointStatus>,
+    reconciliations: u64,
+}
+
+/// Cookie and endpoint tables used to attribute events.
+#[derive(Default)]
+struct Attribution {
+    cookies: BTreeMap<u32, RuleRef>,
+    /// ep_id -> (pod key, ingress selected_by, egress selected_by)
+    endpoints: BTreeMap<u32, (String, String, String)>,
+}
+
+#[derive(Default)]
+struct EventLog {
+    seq: u64,
+    events: VecDeque<FlowEvent>,
+}
+
+pub(crate) struct Shared {
+    config: AgentConfig,
+    state: Mutex<State>,
+    attribution: RwLock<Attribution>,
+    events: Mutex<EventLog>,
+    stop: AtomicBool,
+}
+
+/// A running agent. Dropping it stops its threads; the datapath (pinned
+/// maps and links) and the pods stay, so enforcement continues.
+pub struct Agent {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.shared.config.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pods_path(cfg: &AgentConfig) -> PathBuf {
+    cfg.state_dir.join("pods.json")
+}
+
+fn last_good_path(cfg: &AgentConfig) -> PathBuf {
+    cfg.state_dir.join("manifests-last-good.json")
+}
+
+/// Creates the node namespace if needed, enables forwarding there and gives
+/// it the node address (on `lo`). Idempotent.
+pub fn ensure_node_netns(cfg: &AgentConfig) -> Result<()> {
+    if !netns::netns_exists(&cfg.node_netns) {
+        netns::create_netns(&cfg.node_netns)?;
+        tracing::info!(netns = %cfg.node_netns, "created the node network namespace");
+    }
+    netns::enable_ip_forward(Some(&cfg.node_netns))?;
+    netns::ip(&[
+        "-n",
+        &cfg.node_netns,
+        "addr",
+        "replace",
+        &format!("{}/32", cfg.node_address),
+        "dev",
+        "lo",
+    ])?;
+    Ok(())
+}
+
+/// Builds the engine from every source, in override order: synthesised
+/// namespaces of local pods and the synthesised node, then the manifests
+/// directory, then API objects, then the local pods (merged over pods the
+/// sources declare).
+fn build_engine(
+    cfg: &AgentConfig,
+    dir: &[Sourced],
+    api: &[Sourced],
+    pods: &BTreeMap<String, PodRecord>,
+) -> Engine {
+    let mut objects: Vec<Object> = Vec::new();
+    let namespaces: BTreeSet<&str> = pods.values().map(|p| p.namespace.as_str()).collect();
+    for ns in namespaces {
+        objects.push(Object::Namespace(Namespace {
+            name: ns.to_string(),
+            labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]),
+        }));
+    }
+    objects.push(Object::Node(Node {
+        name: cfg.node_name.clone(),
+        labels: BTreeMap::from([(
+            "kubernetes.io/hostname".to_string(),
+            cfg.node_name.clone(),
+        )]),
+        addresses: vec![cfg.node_address.into()],
+    }));
+    let mut declared = BTreeMap::new();
+    for s in dir.iter().chain(api) {
+        if let Object::Pod(p) = &s.object {
+            declared.insert(p.key(), p.clone());
+        }
+        objects.push(s.object.clone());
+    }
+    for rec in pods.values() {
+        let pod = rec.to_pod(&cfg.node_name, declared.get(&rec.key()));
+        objects.push(Object::Pod(pod));
+    }
+    let mut engine = Engine::new();
+    engine.set_local_node(Some(cfg.node_name.clone()));
+    engine.apply_all(objects);
+    engine
+}
+
+fn mac(prefix: u8, ep_id: u32) -> [u8; 6] {
+    let b = ep_id.to_be_bytes();
+    [0x02, prefix, b[0], b[1], b[2], b[3]]
+}
+
+impl Agent {
+    /// Starts an agent: node namespace, datapath (adopting pinned state),
+    /// persisted pods, sources, a first reconciliation, then the threads
+    /// (event reader, conntrack GC, manifests watcher, API server).
+    pub fn start(config: AgentConfig) -> Result<Agent> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(|e| AgentError::io(format!("creating {}", config.state_dir.display()), e))?;
+        ensure_node_netns(&config)?;
+        let mut datapath = Datapath::load_or_adopt(DatapathConfig {
+            pin_root: config.pin_root.clone(),
+            policy_capacity_per_endpoint: config.policy_capacity,
+        })?;
+        let reader = datapath.event_reader()?;
+        let ipam = Ipam::load(
+            config.state_dir.join("ipam.json"),
+            config.pod_cidr,
+            config.node_address,
+        )?;
+        let records: Vec<PodRecord> = store::read_json(&pods_path(&config))?.unwrap_or_default();
+        let api = ApiStore::load(config.state_dir.join("api-objects.json"))?;
+        let api_objects = api.objects(&config.options);
+
+        // The manifests directory, or the last good snapshot if it is invalid now.
+        let (dir_objects, dir_errors, dir_fingerprint) = match &config.manifests_dir {
+            None => (Vec::new(), Vec::new(), Vec::new()),
+            Some(dir) => {
+                let fp = sources::fingerprint(dir);
+                match sources::read_dir(dir)
+                    .and_then(|files| sources::parse_all(&files, &config.options).map(|o| (files, o)))
+                {
+                    Ok((files, objects)) => {
+                        store::write_json(&last_good_path(&config), &files)?;
+                        (objects, Vec::new(), fp)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, diagnostics = ?e.diagnostics(), "manifests directory invalid at start; using the last good snapshot");
+                        let files: Vec<SourceFile> =
+                            store::read_json(&last_good_path(&config))?.unwrap_or_default();
+                        let objects =
+                            sources::parse_all(&files, &config.options).unwrap_or_default();
+                        let mut errs = vec![e.to_string()];
+                        errs.extend(e.diagnostics().iter().cloned());
+                        (objects, errs, fp)
+                    }
+                }
+            }
+        };
+
+        let mut pods = BTreeMap::new();
+        let mut ifindex = BTreeMap::new();
+        for rec in records {
+            match restore_pod(&config, &mut datapath, &rec) {
+                Ok(idx) => {
+                    ifindex.insert(rec.key(), idx);
+                }
+                Err(e) => tracing::error!(pod = %rec.key(), error = %e, "could not restore pod"),
+            }
+            pods.insert(rec.key(), rec);
+        }
+
+        let engine = build_engine(&config, &dir_objects, &api_objects, &pods);
+        let state = State {
+            engine,
+            datapath,
+            dir_objects,
+            dir_fingerprint,
+            dir_generation: 0,
+            dir_errors,
+            api,
+            api_objects,
+            pods,
+            ipam,
+            ifindex,
+            status: BTreeMap::new(),
+            reconciliations: 0,
+        };
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(state),
+            attribution: RwLock::new(Attribution::default()),
+            events: Mutex::new(EventLog::default()),
+            stop: AtomicBool::new(false),
+        });
+        {
+            let mut st = shared.lock();
+            shared.reconcile_locked(&mut st);
+        }
+        let mut agent = Agent {
+            shared: shared.clone(),
+            threads: Vec::new(),
+        };
+        agent.spawn("events", move |s| s.event_loop(reader));
+        agent.spawn("ct-gc", |s| s.gc_loop());
+        if shared.config.manifests_dir.is_some() {
+            agent.spawn("watch", |s| s.watch_loop());
+        }
+        if let Some(socket) = shared.config.socket.clone() {
+            let listener = crate::server::bind(&socket)?;
+            agent.spawn("api", move |s| crate::server::serve(s, listener));
+        }
+        tracing::info!(
+            node = %shared.config.node_name,
+            netns = %shared.config.node_netns,
+            pin_root = %shared.config.pin_root.display(),
+            "agent started"
+        );
+        Ok(agent)
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce(Arc<Shared>) + Send + 'static) {
+        let s = self.shared.clone();
+        match std::thread::Builder::new()
+            .name(format!("palisade-{name}"))
+            .spawn(move || f(s))
+        {
+            Ok(h) => self.threads.push(h),
+            Err(e) => tracing::error!(thread = name, error = %e, "could not start thread"),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.shared.config
+    }
+
+    /// Handles one API request (what the socket server calls).
+    pub fn handle(&self, req: Request) -> Response {
+        self.shared.handle(req)
+    }
+
+    /// Applies manifests (validated as one change).
+    pub fn apply(&self, files: &[SourceFile]) -> Result<ApplyReport> {
+        self.shared.apply(files)
+    }
+
+    /// Applies one manifest text.
+    pub fn apply_text(&self, name: &str, text: &str) -> Result<ApplyReport> {
+        self.apply(&[SourceFile {
+            name: name.to_string(),
+            text: text.to_string(),
+        }])
+    }
+
+    /// Deletes the objects the manifests name.
+    pub fn delete(&self, files: &[SourceFile]) -> Result<ApplyReport> {
+        self.shared.delete(files)
+    }
+
+    /// Deletes the objects one manifest text names.
+    pub fn delete_text(&self, name: &str, text: &str) -> Result<ApplyReport> {
+        self.delete(&[SourceFile {
+            name: name.to_string(),
+            text: text.to_string(),
+        }])
+    }
+
+    /// Runs a pod.
+    pub fn run_pod(&self, spec: PodRunSpec) -> Result<PodInfo> {
+        self.shared.run_pod(spec)
+    }
+
+    /// Deletes a pod.
+    pub fn delete_pod(&self, key: &str) -> Result<()> {
+        self.shared.delete_pod(key)
+    }
+
+    /// The pods.
+    pub fn pods(&self) -> Vec<PodInfo> {
+        self.shared.pod_list()
+    }
+
+    /// Status.
+    pub fn status(&self) -> StatusInfo {
+        self.shared.status()
+    }
+
+    /// Endpoints.
+    pub fn endpoints(&self) -> Vec<EndpointRow> {
+        self.shared.endpoint_list()
+    }
+
+    /// The live kernel policy of a pod.
+    pub fn bpf_policy(&self, key: &str) -> Result<BpfPolicy> {
+        self.shared.bpf_policy(key)
+    }
+
+    /// Events after `since`.
+    pub fn events(&self, since: u64) -> Vec<FlowEvent> {
+        self.shared.events_since(since)
+    }
+
+    /// Runs `f` with the engine (e.g. `trace`).
+    pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        let st = self.shared.lock();
+        f(&st.engine)
+    }
+
+    /// Runs `f` with the datapath (tests and benchmarks).
+    pub fn with_datapath<R>(&self, f: impl FnOnce(&mut Datapath) -> R) -> R {
+        let mut st = self.shared.lock();
+        f(&mut st.datapath)
+    }
+
+    /// Forces a manifests-directory check now (the watcher does it every
+    /// `watch_interval`); returns whether the directory changed.
+    pub fn check_manifests(&self) -> bool {
+        self.shared.check_manifests()
+    }
+
+    /// Stops the threads (the datapath and pods stay).
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(s) = &self.shared.config.socket {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+
+    /// Stops the agent and removes everything it created: pods, the node
+    /// namespace, the pinned datapath and the state directory.
+    pub fn destroy(mut self) {
+        self.stop_threads();
+        let cfg = self.shared.config.clone();
+        drop(self);
+        purge(&cfg.node_netns, &cfg.pin_root);
+        let _ = std::fs::remove_dir_all(&cfg.state_dir);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Removes a node namespace, every pod namespace named after it
+/// (`<node_netns>-...`) and a pin root. Best effort; used by the lab and
+/// tests to clean up even after a failure.
+pub fn purge(node_netns: &str, pin_root: &Path) {
+    let prefix = format!("{node_netns}-");
+    if let Ok(rd) = std::fs::read_dir("/var/run/netns") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = netns::delete_netns(&name);
+            }
+        }
+    }
+    if netns::netns_exists(node_netns) {
+        let _ = netns::delete_netns(node_netns);
+    }
+    let _ = std::fs::remove_dir_all(pin_root);
+}
+
+/// Makes a persisted pod exist again (its namespace and veth survive an
+/// agent restart; they are recreated if gone) and attaches the datapath
+/// (swapping the program of a pinned link in place: no gap).
+fn restore_pod(cfg: &AgentConfig, dp: &mut Datapath, rec: &PodRecord) -> Result<u32> {
+    let existing = if netns::netns_exists(&rec.netns) {
+        netns::ifindex_in(Some(&cfg.node_netns), &rec.host_ifname).ok()
+    } else {
+        None
+    };
+    let ifindex = match existing {
+        Some(i) => i,
+        None => {
+            tracing::warn!(pod = %rec.key(), "pod namespace or veth missing; recreating");
+            if netns::netns_exists(&rec.netns) {
+                let _ = netns::delete_netns(&rec.netns);
+            }
+            create_pod_netns(cfg, rec)?
+        }
+    };
+    attach(cfg, dp, ifindex)?;
+    Ok(ifindex)
+}
+
+fn create_pod_netns(cfg: &AgentConfig, rec: &PodRecord) -> Result<u32> {
+    let pod = netns::create_pod(
+        Some(&cfg.node_netns),
+        &PodSpec {
+            netns: rec.netns.clone(),
+            host_ifname: rec.host_ifname.clone(),
+            ip: rec.ip,
+            host_mac: mac(0xfe, rec.ep_id),
+            pod_mac: mac(0xfd, rec.ep_id),
+        },
+    )?;
+    Ok(pod.host_ifindex)
+}
+
+fn attach(cfg: &AgentConfig, dp: &mut Datapath, ifindex: u32) -> Result<()> {
+    netns::in_netns(&cfg.node_netns, || dp.attach(ifindex))??;
+    Ok(())
+}
+
+fn verdict_text(v: DpVerdict) -> String {
+    match v {
+        DpVerdict::Forwarded => "forwarded".into(),
+        DpVerdict::Dropped => "dropped".into(),
+        DpVerdict::Redirected => "redirected".into(),
+        DpVerdict::Other(o) => format!("verdict-{o}"),
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn endpoints_runtime(st: &State) -> Vec<EndpointRuntime> {
+        st.pods
+            .values()
+            .filter_map(|r| {
+                st.ifindex.get(&r.key()).map(|i| EndpointRuntime {
+                    key: r.key(),
+                    ep_id: r.ep_id,
+                    ifindex: *i,
+                })
+            })
+            .collect()
+    }
+
+    fn reconcile_locked(&self, st: &mut State) {
+        let endpoints = Self::endpoints_runtime(st);
+        let outcome = reconcile::reconcile(
+            &st.engine,
+            &mut st.datapath,
+            &endpoints,
+            &self.config.node_name,
+        );
+        for e in &outcome.errors {
+            tracing::error!(error = %e, "reconciliation");
+        }
+        let mut status = outcome.status;
+        for rec in st.pods.values() {
+            if !st.ifindex.contains_key(&rec.key()) {
+                status.insert(
+                    rec.key(),
+                    EndpointStatus::Error("pod network could not be restored".into()),
+                );
+            }
+        }
+        st.status = status;
+        st.reconciliations += 1;
+        let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
+        attr.cookies.extend(reconcile::cookie_table(&st.engine));
+        attr.endpoints.clear();
+        for rec in st.pods.values() {
+            let sel = |d: palisade_policy::api::Direction| {
+                st.engine
+                    .endpoint_map(&rec.key())
+                    .map(|m| {
+                        m.enforcement(d)
+                            .selected_by
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            attr.endpoints.insert(
+                rec.ep_id,
+                (
+                    rec.key(),
+                    sel(palisade_policy::api::Direction::Ingress),
+                    sel(palisade_policy::api::Direction::Egress),
+                ),
+            );
+        }
+    }
+
+    fn rebuild_and_reconcile(&self, st: &mut State) {
+        st.engine = build_engine(&self.config, &st.dir_objects, &st.api_objects, &st.pods);
+        self.reconcile_locked(st);
+    }
+
+    fn endpoint_errors(st: &State) -> Vec<String> {
+        st.status
+            .iter()
+            .filter(|(_, s)| matches!(s, EndpointStatus::Error(_)))
+            .map(|(k, s)| format!("{k}: {s}"))
+            .collect()
+    }
+
+    fn apply(&self, files: &[SourceFile]) -> Result<ApplyReport> {
+        let objects = sources::parse_all(files, &self.config.options)?;
+        if objects.is_empty() {
+            return Err(AgentError::Invalid {
+                summary: "the change holds no object Palisade acts on".into(),
+                diagnostics: files.iter().map(|f| format!("{}:1:1: no objects", f.name)).collect(),
+            });
+        }
+        let mut st = self.lock();
+        let candidate = st.api.with_applied(files, &objects);
+        let api_objects = candidate.objects(&self.config.options);
+        candidate.save()?;
+        st.api = candidate;
+        st.api_objects = api_objects;
+        self.rebuild_and_reconcile(&mut st);
+        Ok(ApplyReport {
+            objects: objects.iter().map(|o| o.key.clone()).collect(),
+            not_found: vec![],
+            warnings: st.engine.warnings(),
+            endpoint_errors: Self::endpoint_errors(&st),
+        })
+    }
+
+    fn delete(&self, files: &[SourceFile]) -> Result<ApplyReport> {
+        let objects = sources::parse_all(files, &self.config.options)?;
+        let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+        let mut st = self.lock();
+        let from_dir: Vec<String> = keys
+            .iter()
+            .filter(|k| !st.api.contains(k) && st.dir_objects.iter().any(|o| &o.key == *k))
+            .map(|k| {
+                let file = st
+                    .dir_objects
+                    .iter()
+                    .find(|o| &o.key == k)
+                    .map(|o| o.file.clone())
+                    .unwrap_or_default();
+                format!("{file}:1:1: {k} comes from the manifests directory; remove it there")
+            })
+            .collect();
+        if !from_dir.is_empty() {
+            return Err(AgentError::Invalid {
+                summary: "some objects are defined in the manifests directory; nothing was deleted"
+                    .into(),
+                diagnostics: from_dir,
+            });
+        }
+        let (candidate, not_found) = st.api.without(&keys);
+        if not_found.len() == keys.len() {
+            return Err(AgentError::NotFound(format!(
+                "none of {} is applied",
+                keys.join(", ")
+            )));
+        }
+        let api_objects = candidate.objects(&self.config.options);
+        candidate.save()?;
+        st.api = candidate;
+        st.api_objects = api_objects;
+        self.rebuild_and_reconcile(&mut st);
+        Ok(ApplyReport {
+            objects: keys.into_iter().filter(|k| !not_found.contains(k)).collect(),
+            not_found,
+            warnings: st.engine.warnings(),
+            endpoint_errors: Self::endpoint_errors(&st),
+        })
+    }
+
+    fn check_manifests(&self) -> bool {
+        let Some(dir) = &self.config.manifests_dir else {
+            return false;
+        };
+        let fp = sources::fingerprint(dir);
+        let mut st = self.lock();
+        if fp == st.dir_fingerprint {
+            return false;
+        }
+        st.dir_fingerprint = fp;
+        st.dir_generation += 1;
+        match sources::read_dir(dir)
+            .and_then(|files| sources::parse_all(&files, &self.config.options).map(|o| (files, o)))
+        {
+            Ok((files, objects)) => {
+                if let Err(e) = store::write_json(&last_good_path(&self.config), &files) {
+                    tracing::warn!(error = %e, "could not save the manifests snapshot");
+                }
+                st.dir_objects = objects;
+                st.dir_errors.clear();
+                self.rebuild_and_reconcile(&mut st);
+                tracing::info!(dir = %dir.display(), files = files.len(), "manifests directory applied");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, diagnostics = ?e.diagnostics(), "manifests directory change rejected; the last good policy stays enforced");
+                let mut errs = vec![e.to_string()];
+                errs.extend(e.diagnostics().iter().cloned());
+                st.dir_errors = errs;
+            }
+        }
+        true
+    }
+
+    fn wait_or_stop(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            if self.stop.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(d));
+        }
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn watch_loop(self: Arc<Self>) {
+        while !self.wait_or_stop(self.config.watch_interval) {
+            self.check_manifests();
+        }
+    }
+
+    fn gc_loop(self: Arc<Self>) {
+        while !self.wait_or_stop(self.config.gc_interval) {
+            let now = palisade_datapath::conntrack::monotonic_now_ns();
+            let mut st = self.lock();
+            match st.datapath.gc_conntrack(now) {
+                Ok(s) if s.deleted > 0 => {
+                    tracing::debug!(scanned = s.scanned, deleted = s.deleted, "conntrack gc")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
+            }
+        }
+    }
+
+    fn event_loop(self: Arc<Self>, mut reader: palisade_datapath::EventReader) {
+        while !self.stop.load(Ordering::SeqCst) {
+            match reader.next_timeout(Duration::from_millis(200)) {
+                Ok(Some(ev)) => self.record_event(&ev),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading datapath events");
+                    if self.wait_or_stop(Duration::from_millis(200)) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn attribute(&self, ev: &DatapathEvent) -> (String, String) {
+        let attr = self.attribution.read().unwrap_or_else(|p| p.into_inner());
+        let ep = attr.endpoints.get(&ev.ep_id);
+        let endpoint = ep
+            .map(|e| e.0.clone())
+            .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
+        let rule = if ev.verdict == DpVerdict::Dropped && ev.drop_reason == palisade_datapath::DROP_POLICY
+        {
+            let sel = ep.map(|e| match ev.direction {
+                palisade_datapath::Direction::Ingress => e.1.clone(),
+                palisade_datapath::Direction::Egress => e.2.clone(),
+            });
+            match sel {
+                Some(s) if !s.is_empty() => format!("default deny, selected by {s}"),
+                _ => "default deny (no endpoint policy)".to_string(),
+            }
+        } else if ev.cookie == 0 {
+            String::new()
+        } else {
+            match attr.cookies.get(&ev.cookie) {
+                Some(r) => r.to_string(),
+                None => format!("cookie {:#x} (unknown rule)", ev.cookie),
+            }
+        };
+        (endpoint, rule)
+    }
+
+    fn record_event(&self, ev: &DatapathEvent) {
+        let (endpoint, rule) = self.attribute(ev);
+        if ev.verdict == DpVerdict::Dropped {
+            tracing::debug!(%endpoint, src = %ev.saddr, dst = %ev.daddr, dport = ev.dport, reason = ev.drop_reason, %rule, "drop");
+        }
+        let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        log.seq += 1;
+        let seq = log.seq;
+        log.events.push_back(FlowEvent {
+            seq,
+            endpoint,
+            direction: match ev.direction {
+                palisade_datapath::Direction::Ingress => "ingress".into(),
+                palisade_datapath::Direction::Egress => "egress".into(),
+            },
+            verdict: verdict_text(ev.verdict),
+            drop_reason: ev.drop_reason,
+            proto: ev.proto,
+            src: format!("{}:{}", ev.saddr, ev.sport),
+            dst: format!("{}:{}", ev.daddr, ev.dport),
+            dport: ev.dport,
+            remote_identity: ev.remote_identity,
+            cookie: ev.cookie,
+            rule,
+        });
+        while log.events.len() > EVENT_LOG_CAPACITY {
+            log.events.pop_front();
+        }
+    }
+
+    fn events_since(&self, since: u64) -> Vec<FlowEvent> {
+        let log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        log.events.iter().filter(|e| e.seq > since).cloned().collect()
+    }
+
+    fn run_pod(&self, spec: PodRunSpec) -> Result<PodInfo> {
+        pods::validate(&spec.namespace, &spec.name, &spec.labels)?;
+        let key = format!("{}/{}", spec.namespace, spec.name);
+        let mut st = self.lock();
+        if st.pods.contains_key(&key) {
+            return Err(AgentError::Conflict(format!("pod {key} already exists")));
+        }
+        let dp_max = st
+            .datapath
+            .endpoints()
+            .unwrap_or_default()
+            .iter()
+            .map(|(_, i)| i.ep_id)
+            .max()
+            .unwrap_or(0);
+        let ep_id = st.pods.values().map(|p| p.ep_id).max().unwrap_or(0).max(dp_max) + 1;
+        let ip: Ipv4Addr = match spec.ip {
+            Some(ip) => {
+                st.ipam.reserve(ip, &key)?;
+                ip
+            }
+            None => st.ipam.allocate(&key)?,
+        };
+        let rec = PodRecord {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            ports: spec.ports.clone(),
+            service_account: spec
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            ip,
+            ep_id,
+            netns: format!("{}-{}-{}", self.config.node_netns, spec.namespace, spec.name),
+            host_ifname: format!("lxc{ep_id:08x}"),
+        };
+        if netns::netns_exists(&rec.netns) {
+            let _ = netns::delete_netns(&rec.netns);
+        }
+        let created = create_pod_netns(&self.config, &rec).and_then(|ifindex| {
+            // Attached before the endpoint entry exists: the datapath treats
+            // such an interface as default deny, never as open.
+            attach(&self.config, &mut st.datapath, ifindex).map(|()| ifindex)
+        });
+        let ifindex = match created {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = netns::delete_netns(&rec.netns);
+                let _ = st.ipam.release(ip);
+                return Err(e);
+            }
+        };
+        st.pods.insert(key.clone(), rec.clone());
+        st.ifindex.insert(key.clone(), ifindex);
+        let records: Vec<PodRecord> = st.pods.values().cloned().collect();
+        store::write_json(&pods_path(&self.config), &records)?;
+        self.rebuild_and_reconcile(&mut st);
+        tracing::info!(pod = %key, %ip, ep_id, "pod running");
+        Ok(Self::pod_info(&st, &rec))
+    }
+
+    fn pod_info(st: &State, rec: &PodRecord) -> PodInfo {
+        PodInfo {
+            pod: rec.key(),
+            ip: rec.ip,
+            labels: rec.labels.clone(),
+            endpoint: rec.ep_id,
+            netns: rec.netns.clone(),
+            host_ifname: rec.host_ifname.clone(),
+            status: st
+                .status
+                .get(&rec.key())
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        }
+    }
+
+    fn delete_pod(&self, key: &str) -> Result<()> {
+        let mut st = self.lock();
+        let rec = st
+            .pods
+            .remove(key)
+            .ok_or_else(|| AgentError::NotFound(format!("pod {key}")))?;
+        let records: Vec<PodRecord> = st.pods.values().cloned().collect();
+        store::write_json(&pods_path(&self.config), &records)?;
+        if let Some(ifindex) = st.ifindex.remove(key) {
+            let _ = st.datapath.remove_endpoint(ifindex);
+            let _ = st.datapath.detach(ifindex);
+        }
+        let _ = st.datapath.policy_sync(rec.ep_id, &[]);
+        if netns::netns_exists(&rec.netns) {
+            netns::delete_netns(&rec.netns)?;
+        }
+        st.ipam.release(rec.ip)?;
+        self.rebuild_and_reconcile(&mut st);
+        tracing::info!(pod = %key, "pod deleted");
+        Ok(())
+    }
+
+    fn pod_list(&self) -> Vec<PodInfo> {
+        let st = self.lock();
+        st.pods.values().map(|r| Self::pod_info(&st, r)).collect()
+    }
+
+    fn status(&self) -> StatusInfo {
+        let st = self.lock();
+        let revision = st.datapath.policy_revision();
+        StatusInfo {
+            node_name: self.config.node_name.clone(),
+            node_netns: self.config.node_netns.clone(),
+            node_address: self.config.node_address.to_string(),
+            pod_cidr: self.config.pod_cidr.to_string(),
+            pin_root: self.config.pin_root.display().to_string(),
+            datapath_loaded: revision.is_ok() && self.config.pin_root.join("policy").exists(),
+            policy_revision: revision.unwrap_or(0),
+            endpoints: st.pods.len(),
+            endpoints_in_error: Self::endpoint_errors(&st).len(),
+            policies: st.engine.policies().count(),
+            identities: st.engine.identities().len(),
+            ipcache_entries: st.engine.ipcache().len(),
+            reconciliations: st.reconciliations,
+            manifests_dir: self
+                .config
+                .manifests_dir
+                .as_ref()
+                .map(|d| d.display().to_string()),
+            manifests_generation: st.dir_generation,
+            manifests_errors: st.dir_errors.clone(),
+            warnings: st.engine.warnings(),
+        }
+    }
+
+    fn endpoint_list(&self) -> Vec<EndpointRow> {
+        let st = self.lock();
+        st.pods
+            .values()
+            .map(|rec| {
+                let key = rec.key();
+                let map = st.engine.endpoint_map(&key);
+                let identity = st.engine.endpoint_identity(&key).unwrap_or(0);
+                let labels = st
+                    .engine
+                    .identities()
+                    .get(identity)
+                    .map(|i| {
+                        i.labels
+                            .iter()
+                            .map(|l| l.to_string())
+                            .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                EndpointRow {
+                    id: rec.ep_id,
+                    pod: key.clone(),
+                    ingress_enforced: map.is_some_and(|m| m.ingress.default_deny),
+                    egress_enforced: map.is_some_and(|m| m.egress.default_deny),
+                    identity,
+                    labels,
+                    ipv4: rec.ip.to_string(),
+                    status: st
+                        .status
+                        .get(&key)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                    policy_entries: st.datapath.policy_len(rec.ep_id),
+                }
+            })
+            .collect()
+    }
+
+    fn bpf_policy(&self, key: &str) -> Result<BpfPolicy> {
+        let st = self.lock();
+        let rec = st
+            .pods
+            .get(key)
+            .ok_or_else(|| AgentError::NotFound(format!("pod {key} (not run by this agent)")))?;
+        let live = st.datapath.policy_entries(rec.ep_id)?;
+        let attr = self.attribution.read().unwrap_or_else(|p| p.into_inner());
+        let map = st.engine.endpoint_map(key);
+        let desired = map
+            .map(|m| reconcile::desired_policy(rec.ep_id, m))
+            .unwrap_or_default();
+        let mut live_sorted = live.clone();
+        live_sorted.sort_by_key(|(k, _)| *k);
+        let mut desired_sorted = desired;
+        desired_sorted.sort_by_key(|(k, _)| *k);
+        let in_sync = live_sorted == desired_sorted;
+        let entries = live
+            .iter()
+            .map(|(k, v)| {
+                let ek = reconcile::engine_key(k);
+                let labels = if k.identity == 0 {
+                    "ANY".to_string()
+                } else {
+                    st.engine
+                        .identities()
+                        .get(k.identity)
+                        .map(|i| {
+                            i.labels
+                                .iter()
+                                .map(|l| l.to_string())
+                                .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_else(|| format!("identity {}", k.identity))
+                };
+                let rules: Vec<String> = match map.and_then(|m| m.entries.get(&ek)) {
+                    Some(e) if !e.derived_from.is_empty() => {
+                        e.derived_from.iter().map(|r| r.to_string()).collect()
+                    }
+                    Some(_) => vec!["default allow (no default deny in this direction)".into()],
+                    None => attr
+                        .cookies
+                        .get(&v.cookie)
+                        .map(|r| vec![r.to_string()])
+                        .unwrap_or_default(),
+                };
+                BpfPolicyRow {
+                    policy: if v.deny {
+                        "Deny".into()
+                    } else if v.proxy_port != 0 {
+                        "Redirect".into()
+                    } else {
+                        "Allow".into()
+                    },
+                    direction: match k.direction {
+                        palisade_datapath::Direction::Ingress => "Ingress".into(),
+                        palisade_datapath::Direction::Egress => "Egress".into(),
+                    },
+                    identity: k.identity,
+                    labels,
+                    port: ek.port_text(),
+                    proxy_port: v.proxy_port,
+                    precedence: v.precedence,
+                    cookie: v.cookie,
+                    rules,
+                }
+            })
+            .collect();
+        let counters = st
+            .datapath
+            .counters(rec.ep_id)
+            .map(|c| {
+                c.entries
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{:?} {:?}{}: {} packets, {} bytes",
+                            e.direction,
+                            e.verdict,
+                            if e.reason != 0 {
+                                format!(" (reason {})", e.reason)
+                            } else {
+                                String::new()
+                            },
+                            e.packets,
+                            e.bytes
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(BpfPolicy {
+            endpoint: rec.ep_id,
+            pod: key.to_string(),
+            entries,
+            in_sync,
+            counters,
+        })
+    }
+
+    fn netns_of(&self, key: &str) -> Result<String> {
+        let st = self.lock();
+        st.pods
+            .get(key)
+            .map(|r| r.netns.clone())
+            .ok_or_else(|| AgentError::NotFound(format!("pod {key}")))
+    }
+
+    pub(crate) fn handle(&self, req: Request) -> Response {
+        fn reply<T: serde::Serialize>(r: Result<T>) -> Response {
+            match r {
+                Ok(v) => Response::ok(&v),
+                Err(e) => {
+                    let d = e.diagnostics().to_vec();
+                    Response::err(e.to_string(), d)
+                }
+            }
+        }
+        match req {
+            Request::Status => Response::ok(&self.status()),
+            Request::EndpointList => Response::ok(&self.endpoint_list()),
+            Request::BpfPolicyGet { pod } => reply(self.bpf_policy(&pod)),
+            Request::PolicyApply { files } => reply(self.apply(&files)),
+            Request::PolicyDelete { files } => reply(self.delete(&files)),
+            Request::PodRun(spec) => reply(self.run_pod(spec)),
+            Request::PodDelete { pod } => reply(self.delete_pod(&pod)),
+            Request::PodList => Response::ok(&self.pod_list()),
+            Request::PodNetns { pod } => reply(self.netns_of(&pod)),
+            Request::Events { since } => Response::ok(&self.events_since(since)),
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Makes a directory (and parents) private to root.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| AgentError::io(format!("chmod {}", dir.display()), e))
+}
+
+pub(crate) type AgentShared = Shared;

@@ -1,0 +1,365 @@
+//! Real traffic inside network namespaces: TCP, UDP and ICMP echo probes
+//! and echo servers. Used by `palisade lab` and the integration tests. Each
+//! probe runs on a thread entered into the client's namespace, so its
+//! sockets belong there.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use palisade_datapath::netns::{self, NetnsError};
+
+/// What happened on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request got its echo back.
+    Allowed,
+    /// Nothing came back before the timeout (dropped).
+    Dropped,
+    /// The peer answered with a reset / port unreachable (reached, no server).
+    Refused,
+    /// Something else failed.
+    Error(String),
+}
+
+impl Outcome {
+    /// Whether the connection got through to the peer.
+    pub fn delivered(&self) -> bool {
+        matches!(self, Outcome::Allowed | Outcome::Refused)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Allowed => f.write_str("allowed"),
+            Outcome::Dropped => f.write_str("dropped"),
+            Outcome::Refused => f.write_str("refused (reached, no server)"),
+            Outcome::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+fn io_outcome(e: &std::io::Error) -> Outcome {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Outcome::Dropped,
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => {
+            Outcome::Refused
+        }
+        _ => Outcome::Error(e.to_string()),
+    }
+}
+
+fn flatten(r: Result<Outcome, NetnsError>) -> Outcome {
+    r.unwrap_or_else(|e| Outcome::Error(e.to_string()))
+}
+
+const PROBE: &[u8] = b"palisade-probe\n";
+
+/// Sends `msg` on `stream` and waits for the same bytes back.
+pub fn echo(stream: &mut TcpStream, msg: &[u8], timeout: Duration) -> Outcome {
+    if let Err(e) = stream.set_read_timeout(Some(timeout)) {
+        return Outcome::Error(e.to_string());
+    }
+    if let Err(e) = stream.write_all(msg) {
+        return io_outcome(&e);
+    }
+    let mut got = vec![0u8; msg.len()];
+    match stream.read_exact(&mut got) {
+        Ok(()) if got == msg => Outcome::Allowed,
+        Ok(()) => Outcome::Error("echo mismatch".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Outcome::Refused,
+        Err(e) => io_outcome(&e),
+    }
+}
+
+/// Opens a TCP connection from namespace `ns` (the socket stays usable
+/// from any thread afterwards).
+pub fn tcp_connect(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    netns::in_netns(ns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// TCP connect + echo from namespace `ns`.
+pub fn tcp_probe(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
+    match tcp_connect(ns, dst, port, timeout) {
+        Ok(mut s) => echo(&mut s, PROBE, timeout),
+        Err(e) => io_outcome(&e),
+    }
+}
+
+/// UDP request/response from namespace `ns`.
+pub fn udp_probe(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
+    flatten(netns::in_netns(ns, || {
+        let sock = match UdpSocket::bind("0.0.0.0:0") {
+            Ok(s) => s,
+            Err(e) => return Outcome::Error(e.to_string()),
+        };
+        if let Err(e) = sock.connect((dst, port)) {
+            return io_outcome(&e);
+        }
+        if let Err(e) = sock.set_read_timeout(Some(timeout)) {
+            return Outcome::Error(e.to_string());
+        }
+        if let Err(e) = sock.send(PROBE) {
+            return io_outcome(&e);
+        }
+        let mut buf = [0u8; 64];
+        match sock.recv(&mut buf) {
+            Ok(n) if &buf[..n] == PROBE => Outcome::Allowed,
+            Ok(_) => Outcome::Error("echo mismatch".into()),
+            Err(e) => io_outcome(&e),
+        }
+    }))
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += u32::from(word);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+static ICMP_ID: AtomicU16 = AtomicU16::new(0x5000);
+
+/// ICMP echo (ping) from namespace `ns`, with a raw socket.
+pub fn icmp_probe(ns: &str, dst: Ipv4Addr, timeout: Duration) -> Outcome {
+    let id = ICMP_ID.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
+    flatten(netns::in_netns(ns, move || icmp_echo(dst, id, timeout)))
+}
+
+fn icmp_echo(dst: Ipv4Addr, id: u16, timeout: Duration) -> Outcome {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Outcome::Error(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&1u16.to_be_bytes());
+    pkt.extend_from_slice(b"palisade");
+    let c = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid buffer and sockaddr_in of the given size.
+    let rc = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return io_outcome(&std::io::Error::last_os_error());
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Outcome::Dropped;
+        }
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 60_000) as i32) };
+        if rc <= 0 {
+            continue;
+        }
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        let n = n as usize;
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        if n < ihl + 8 {
+            continue;
+        }
+        let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        let icmp = &buf[ihl..n];
+        let rid = u16::from_be_bytes([icmp[4], icmp[5]]);
+        if icmp[0] == 0 && rid == id && src == dst {
+            return Outcome::Allowed;
+        }
+        if icmp[0] == 3 && n >= ihl + 8 + 20 + 8 {
+            // destination unreachable about our echo
+            let inner = &icmp[8..];
+            let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
+            if inner.len() >= inner_ihl + 8
+                && u16::from_be_bytes([inner[inner_ihl + 4], inner[inner_ihl + 5]]) == id
+            {
+                return Outcome::Refused;
+            }
+        }
+    }
+}
+
+/// TCP and UDP echo servers on threads inside a namespace; stop on drop.
+#[derive(Debug)]
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<Result<(), NetnsError>>>,
+}
+
+fn wait_readable(fd: i32, ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+impl Servers {
+    /// Starts echo servers on `0.0.0.0` in namespace `ns`; returns once all are bound.
+    pub fn start(ns: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> std::io::Result<Servers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        for &port in tcp_ports {
+            let (stop, tx) = (stop.clone(), tx.clone());
+            handles.push(netns::spawn_in_netns(ns, move || {
+                let listener = match TcpListener::bind(("0.0.0.0", port)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = listener.set_nonblocking(true);
+                let _ = tx.send(Ok(()));
+                while !stop.load(Ordering::SeqCst) {
+                    if !wait_readable(listener.as_raw_fd(), 100) {
+                        continue;
+                    }
+                    if let Ok((mut s, _)) = listener.accept() {
+                        let stop = stop.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                            let mut buf = [0u8; 4096];
+                            while !stop.load(Ordering::SeqCst) {
+                                match s.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if s.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        });
+                    }
+                }
+            }));
+        }
+        for &port in udp_ports {
+            let (stop, tx) = (stop.clone(), tx.clone());
+            handles.push(netns::spawn_in_netns(ns, move || {
+                let sock = match UdpSocket::bind(("0.0.0.0", port)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+                let _ = tx.send(Ok(()));
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let servers = Servers { stop, handles };
+        for _ in 0..(tcp_ports.len() + udp_ports.len()) {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "servers in {ns} did not start (does the namespace exist?)"
+                    )));
+                }
+            }
+        }
+        Ok(servers)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Polls `cond` until true or `timeout` passes (the way tests wait).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_checksum() {
+        // echo request id 1 seq 1, no payload: checksum 0xf7fd
+        let pkt = [8u8, 0, 0, 0, 0, 1, 0, 1];
+        assert_eq!(checksum(&pkt), 0xf7fd);
+    }
+}
