@@ -27,6 +27,24 @@ enum Command {
     /// Validate, inspect, explain and test policies offline (no agent needed).
     #[command(subcommand)]
     Policy(cmd::PolicyCommand),
+    /// Run the agent: watches manifests, runs local pods, enforces policy with eBPF, serves the API.
+    Agent(cmd::agent::AgentArgs),
+    /// Run, exec into, delete and list local pods (via the agent).
+    #[command(subcommand)]
+    Pod(cmd::pod::PodCommand),
+    /// Inspect the agent's endpoints.
+    #[command(subcommand)]
+    Endpoint(cmd::endpoint::EndpointCommand),
+    /// Inspect live kernel (BPF) state via the agent.
+    #[command(subcommand)]
+    Bpf(cmd::bpf::BpfCommand),
+    /// Is the agent up and its datapath loaded? (exit 0 only then)
+    Status(cmd::status::StatusArgs),
+    /// The hands-on lab: the seed's policies on real pods with real traffic (needs root).
+    Lab(cmd::lab::LabArgs),
+    /// Observe flows with Hubble's filters, from a file or the live agent.
+    #[command(after_help = cmd::observe::AFTER_HELP)]
+    Observe(cmd::ObserveArgs),
 }
 
 /// Agent options that change what is valid, as in Cilium's agent flags.
@@ -53,6 +71,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(c) => cmd::run_policy(c),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Pod(c) => cmd::pod::run(c),
+        Command::Endpoint(c) => cmd::endpoint::run(c),
+        Command::Bpf(c) => cmd::bpf::run(c),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Lab(a) => cmd::lab::run(a),
+        Command::Observe(a) => cmd::run_observe(a),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,15 @@
 //! The `palisade policy ...` commands.
 
 mod explain;
+pub mod agent;
+mod apply;
+pub mod bpf;
+pub mod endpoint;
+pub mod lab;
+pub mod live;
+pub mod pod;
+pub mod status;
+pub mod observe;
 mod validate;
 
 use crate::FeatureArgs;
@@ -11,6 +20,27 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)]
 pub enum PolicyCommand {
+    /// Apply manifests to the running agent (validated as one change; errors as file:line:col).
+    #[command(
+        after_help = "Exit status: 0 applied, 1 rejected (nothing applied; the last good policy stays enforced).\n\n\
+Examples:\n  palisade policy apply -f policy.yaml\n  palisade policy apply -f policies/ --socket /tmp/pal.sock"
+    )]
+    Apply {
+        /// Files or directories with manifests; `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        socket: live::SocketArg,
+    },
+    /// Delete from the running agent the objects these manifests name.
+    #[command(after_help = "Example:\n  palisade policy delete -f policy.yaml")]
+    Delete {
+        /// Files or directories with manifests; `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        socket: live::SocketArg,
+    },
     /// Check manifests strictly: every error of every file, with file:line:column and field.
     #[command(
         after_help = "Exit status: 0 all valid, 1 something invalid, 2 usage or I/O error.\n\n\
@@ -126,6 +156,8 @@ Examples:\n  palisade policy validate policies/\n  palisade policy validate -o j
 
 pub fn run_policy(c: PolicyCommand) -> anyhow::Result<ExitCode> {
     match c {
+        PolicyCommand::Apply { files, socket } => apply::run(&files, &socket, false),
+        PolicyCommand::Delete { files, socket } => apply::run(&files, &socket, true),
         PolicyCommand::Validate {
             paths,
             output,
@@ -186,5 +218,127 @@ pub fn run_policy(c: PolicyCommand) -> anyhow::Result<ExitCode> {
             output,
             features,
         } => explain::map(&files, &pod, output, &features.options()),
+    }
+}
+
+/// `palisade observe` arguments. The filter flags are documented and
+/// checked by clap, then read again from the raw arguments in order so that
+/// `--not` applies to the flag that follows it.
+#[derive(clap::Args)]
+pub struct ObserveArgs {
+    /// Read flows from a JSON file (Hubble jsonpb lines, bare Flow lines, or a JSON array); `-` for stdin.
+    #[arg(long)]
+    pub input_file: Option<String>,
+    /// Only the last N matching flows.
+    #[arg(long)]
+    pub last: Option<usize>,
+    /// Flows at or after TIME (RFC 3339, or a duration ago: 30s, 5m, 1h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Flows at or before TIME.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Keep printing new flows as they come (live agent only).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Output: compact, json, jsonpb or table.
+    #[arg(short, long, default_value = "compact")]
+    pub output: String,
+    /// Negate the filter flag that follows.
+    #[arg(long, action = clap::ArgAction::Count)]
+    pub not: u8,
+    /// Either side's namespace.
+    #[arg(short = 'n', long = "namespace", value_name = "VALUE")]
+    pub namespace: Vec<String>,
+    /// Either side's label selector.
+    #[arg(short = 'l', long = "label", value_name = "VALUE")]
+    pub label: Vec<String>,
+    /// Source IP or CIDR.
+    #[arg(long = "from-ip", value_name = "VALUE")]
+    pub from_ip: Vec<String>,
+    /// Destination IP or CIDR.
+    #[arg(long = "to-ip", value_name = "VALUE")]
+    pub to_ip: Vec<String>,
+    /// Either side's IP or CIDR.
+    #[arg(long = "ip", value_name = "VALUE")]
+    pub ip: Vec<String>,
+    /// Source pod: [NAMESPACE/]NAME-PREFIX.
+    #[arg(long = "from-pod", value_name = "VALUE")]
+    pub from_pod: Vec<String>,
+    /// Destination pod: [NAMESPACE/]NAME-PREFIX.
+    #[arg(long = "to-pod", value_name = "VALUE")]
+    pub to_pod: Vec<String>,
+    /// Either side's pod.
+    #[arg(long = "pod", value_name = "VALUE")]
+    pub pod: Vec<String>,
+    /// Source namespace.
+    #[arg(long = "from-namespace", value_name = "VALUE")]
+    pub from_namespace: Vec<String>,
+    /// Destination namespace.
+    #[arg(long = "to-namespace", value_name = "VALUE")]
+    pub to_namespace: Vec<String>,
+    /// Source label selector (k8s:app=web, reserved:world).
+    #[arg(long = "from-label", value_name = "VALUE")]
+    pub from_label: Vec<String>,
+    /// Destination label selector.
+    #[arg(long = "to-label", value_name = "VALUE")]
+    pub to_label: Vec<String>,
+    /// Source numeric identity.
+    #[arg(long = "from-identity", value_name = "VALUE")]
+    pub from_identity: Vec<String>,
+    /// Destination numeric identity.
+    #[arg(long = "to-identity", value_name = "VALUE")]
+    pub to_identity: Vec<String>,
+    /// Either side's identity.
+    #[arg(long = "identity", value_name = "VALUE")]
+    pub identity: Vec<String>,
+    /// Source DNS name pattern (*.example.com).
+    #[arg(long = "from-fqdn", value_name = "VALUE")]
+    pub from_fqdn: Vec<String>,
+    /// Destination DNS name pattern.
+    #[arg(long = "to-fqdn", value_name = "VALUE")]
+    pub to_fqdn: Vec<String>,
+    /// Either side's DNS name pattern.
+    #[arg(long = "fqdn", value_name = "VALUE")]
+    pub fqdn: Vec<String>,
+    /// Source port.
+    #[arg(long = "from-port", value_name = "VALUE")]
+    pub from_port: Vec<String>,
+    /// Destination port.
+    #[arg(long = "to-port", value_name = "VALUE")]
+    pub to_port: Vec<String>,
+    /// Either side's port.
+    #[arg(long = "port", value_name = "VALUE")]
+    pub port: Vec<String>,
+    /// FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR.
+    #[arg(long = "verdict", value_name = "VALUE")]
+    pub verdict: Vec<String>,
+    /// drop, trace, policy-verdict or l7.
+    #[arg(long = "type", value_name = "VALUE")]
+    pub flow_type: Vec<String>,
+    /// tcp, udp, icmp, sctp, http, dns or kafka.
+    #[arg(long = "protocol", value_name = "VALUE")]
+    pub protocol: Vec<String>,
+    /// HTTP status code or prefix (5+).
+    #[arg(long = "http-status", value_name = "VALUE")]
+    pub http_status: Vec<String>,
+    /// HTTP method.
+    #[arg(long = "http-method", value_name = "VALUE")]
+    pub http_method: Vec<String>,
+    /// HTTP path regex.
+    #[arg(long = "http-path", value_name = "VALUE")]
+    pub http_path: Vec<String>,
+    /// ingress or egress.
+    #[arg(long = "traffic-direction", value_name = "VALUE")]
+    pub traffic_direction: Vec<String>,
+}
+
+pub fn run_observe(a: ObserveArgs) -> anyhow::Result<ExitCode> {
+    let raw: Vec<String> = std::env::args().skip(2).collect();
+    match &a.input_file {
+        Some(path) => observe::run_offline(path, &raw, a.last, a.since, a.until, &a.output),
+        None => anyhow::bail!(
+            "live flows come from the agent: start `palisade agent`, or read a file with --input-file (flows from the agent are not wired to observe yet)"
+        ),
     }
 }
