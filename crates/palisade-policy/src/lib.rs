@@ -5,6 +5,7 @@
 //! It does no I/O and has no async: text goes in, typed values come out.
 
 pub mod api;
+pub mod audit;
 pub mod cluster;
 pub mod decode;
 pub mod engine;

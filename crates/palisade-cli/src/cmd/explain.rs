@@ -14,6 +14,15 @@ use std::process::ExitCode;
 
 /// Loads manifests into an engine; any invalid document is an input error.
 pub fn load_engine(files: &[PathBuf], opts: &Options) -> Result<Engine> {
+    let engine = Engine::from_objects(load_objects(files, opts)?);
+    for w in engine.warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(engine)
+}
+
+/// Reads and decodes manifests; any invalid document is an input error.
+pub fn load_objects(files: &[PathBuf], opts: &Options) -> Result<Vec<Object>> {
     let sources = read_sources(files)?;
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -34,15 +43,10 @@ pub fn load_engine(files: &[PathBuf], opts: &Options) -> Result<Engine> {
             errors.len()
         );
     }
-    let engine = Engine::from_objects(
-        objects
-            .into_iter()
-            .filter(|o| !matches!(o, Object::Skipped { .. })),
-    );
-    for w in engine.warnings() {
-        eprintln!("warning: {w}");
-    }
-    Ok(engine)
+    Ok(objects
+        .into_iter()
+        .filter(|o| !matches!(o, Object::Skipped { .. }))
+        .collect())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +150,8 @@ pub fn run_trace(
     format: OutFormat,
     opts: &Options,
 ) -> Result<ExitCode> {
-    let mut engine = load_engine(files, opts)?;
+    let mut engines =
+        palisade_policy::audit::AuditedEngines::from_objects(load_objects(files, opts)?);
     let mut from = PeerSpec::parse(&a.from).map_err(|e| anyhow!("--from: {e}"))?;
     let mut to = PeerSpec::parse(&a.to).map_err(|e| anyhow!("--to: {e}"))?;
     if let Some(name) = &a.dns_name {
@@ -154,7 +159,8 @@ pub fn run_trace(
         for p in [&mut from, &mut to] {
             if let PeerSpec::Ip { ip, dns_name } = p {
                 *dns_name = Some(name.clone());
-                engine.learn_fqdn(name, *ip);
+                engines.full.learn_fqdn(name, *ip);
+                engines.enforced.learn_fqdn(name, *ip);
                 set = true;
             }
         }
@@ -194,12 +200,25 @@ pub fn run_trace(
         port,
         l7,
     };
-    let result = trace(&engine, &q).map_err(|e| anyhow!(e))?;
+    let v = palisade_policy::audit::trace_audited(&engines, &q).map_err(|e| anyhow!(e))?;
     match format {
-        OutFormat::Text => println!("{result}"),
-        OutFormat::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        OutFormat::Text => {
+            println!("{}", v.result);
+            if v.audit {
+                println!(
+                    "Audit: only audited policies ({}) deny this; it is reported as AUDIT and delivered",
+                    engines
+                        .audited
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        OutFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
     }
-    Ok(if result.allowed {
+    Ok(if v.delivered {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
