@@ -73,7 +73,11 @@ impl<'a> Ctx<'a> {
                 self.error(
                     node.pos,
                     path,
-                    format!("expected an object, found {}", node.type_name()),
+                    format!(
+                        "expected an object{}, found {}",
+                        for_field(path),
+                        node.type_name()
+                    ),
                 );
                 return None;
             }
@@ -101,7 +105,11 @@ impl<'a> Ctx<'a> {
                 self.error(
                     node.pos,
                     path,
-                    format!("expected a list, found {}", node.type_name()),
+                    format!(
+                        "expected a list{}, found {}",
+                        for_field(path),
+                        node.type_name()
+                    ),
                 );
                 None
             }
@@ -115,7 +123,11 @@ impl<'a> Ctx<'a> {
                 self.error(
                     node.pos,
                     path,
-                    format!("expected a string, found {}", node.type_name()),
+                    format!(
+                        "expected a string{}, found {}",
+                        for_field(path),
+                        node.type_name()
+                    ),
                 );
                 None
             }
@@ -130,7 +142,8 @@ impl<'a> Ctx<'a> {
                     node.pos,
                     path,
                     format!(
-                        "expected a boolean (true or false), found {}",
+                        "expected a boolean (true or false){}, found {}",
+                        for_field(path),
                         node.type_name()
                     ),
                 );
@@ -146,7 +159,11 @@ impl<'a> Ctx<'a> {
                 self.error(
                     node.pos,
                     path,
-                    format!("expected an integer, found {}", node.type_name()),
+                    format!(
+                        "expected an integer{}, found {}",
+                        for_field(path),
+                        node.type_name()
+                    ),
                 );
                 None
             }
@@ -198,7 +215,11 @@ impl<'a> Ctx<'a> {
             _ => self.error(
                 node.pos,
                 path,
-                format!("expected an object of strings, found {}", node.type_name()),
+                format!(
+                    "expected an object of strings{}, found {}",
+                    for_field(path),
+                    node.type_name()
+                ),
             ),
         }
         out
@@ -212,6 +233,17 @@ fn scalar_text(n: &Node) -> String {
         Value::Float(f) => f.to_string(),
         Value::Str(s) => s.clone(),
         _ => String::new(),
+    }
+}
+
+/// " for NAME" naming the last field of a path (`spec.ingress[0]` gives
+/// " for ingress[0]"), so a type error names its field even without the path.
+fn for_field(path: &str) -> String {
+    let leaf = path.rsplit('.').next().unwrap_or(path);
+    if leaf.is_empty() {
+        String::new()
+    } else {
+        format!(" for {leaf}")
     }
 }
 
@@ -278,10 +310,19 @@ fn unknown_field_message(name: &str, allowed: &[&str]) -> String {
 /// The closest valid name, when one is close enough to be a likely typo.
 pub fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let lower = name.to_ascii_lowercase();
+    let len = lower.chars().count();
     candidates
         .iter()
-        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .filter_map(|c| {
+            let max = 2.max(c.len() / 4);
+            // The distance is at least the difference in length: skip hopeless
+            // candidates (and huge garbage input) without the quadratic work.
+            if len.abs_diff(c.chars().count()) > max {
+                return None;
+            }
+            let d = edit_distance(&lower, &c.to_ascii_lowercase());
+            (d <= max).then_some((d, *c))
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -315,5 +356,11 @@ mod tests {
             Some("http")
         );
         assert_eq!(did_you_mean("zzzzzz", &["http", "kafka"]), None);
+        // Regression: a megabyte-long name once took seconds (quadratic work
+        // against every candidate).
+        let long = "x".repeat(1_000_000);
+        let t = std::time::Instant::now();
+        assert_eq!(did_you_mean(&long, &["CiliumNetworkPolicy", "Pod"]), None);
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
     }
 }

@@ -1267,7 +1267,7 @@ fn decode_port_rule(
                 ctx.error(
                     o.key_pos("rules"),
                     &o.field("rules.dns"),
-                    "DNS rules need at least one port (usually 53 over UDP and TCP)",
+                    "DNS rules need ports: at least one port (usually 53 over UDP and TCP)",
                 );
             }
             for (i, (pp2, pn)) in ports.iter().zip(&port_nodes).enumerate() {
@@ -1292,7 +1292,7 @@ fn decode_port_rule(
                     ctx.error(
                         pn.pos,
                         &format!("{ppath}.endPort"),
-                        "DNS rules cannot use a port range",
+                        "DNS rules cannot use a port range (endPort); list each port",
                     );
                 }
             }
@@ -1873,7 +1873,7 @@ pub fn decode_selector(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Selecto
                     Operator::In | Operator::NotIn if values.is_empty() => ctx.error(
                         item.pos,
                         &eo.field("values"),
-                        format!("operator {ops} needs at least one value"),
+                        format!("operator {ops} needs at least one entry in values"),
                     ),
                     Operator::Exists | Operator::DoesNotExist if !values.is_empty() => ctx.error(
                         item.pos,
@@ -2008,7 +2008,7 @@ fn decode_network_policy(ctx: &mut Ctx, doc: &Node, path: &str) -> Option<Object
                 _ => ctx.error(
                     pos,
                     &so.field("policyTypes"),
-                    format!("unknown policy type \"{t}\"; valid: Ingress, Egress"),
+                    format!("unknown policy type \"{t}\" in policyTypes; valid: Ingress, Egress"),
                 ),
             }
         }

@@ -186,11 +186,18 @@ impl<'de> Visitor<'de> for RawVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawValue, A::Error> {
         let mut entries = Vec::new();
         while let Some(k) = map.next_key::<Spanned<RawKey>>()? {
-            let SpannedNode(v) = map.next_value::<SpannedNode>()?;
+            let SpannedNode(mut v) = map.next_value::<SpannedNode>()?;
+            let key_pos = pos_of(&k.referenced);
+            // A block collection starts on the line after its key. Errors about
+            // the collection as a whole (wrong type, too long, a missing
+            // member) belong where the field is written: on the key.
+            if matches!(v.value, Value::Seq(_) | Value::Map(_)) && v.pos.line > key_pos.line {
+                v.pos = key_pos;
+            }
             entries.push((
                 Key {
                     name: k.value.0,
-                    pos: pos_of(&k.referenced),
+                    pos: key_pos,
                 },
                 v,
             ));
@@ -206,10 +213,22 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// The deepest nesting of collections a manifest may have.
+pub const MAX_DEPTH: usize = 32;
+
 /// Parses every document of a YAML (or JSON) text into positioned trees.
 /// Empty documents are left out.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let options = serde_saphyr::options! { strict_booleans: true };
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        // Each level of nesting costs the deserializer tens of kilobytes of
+        // stack in debug builds: 64 levels (serde-saphyr's default) overflow
+        // a 2 MiB thread stack. Real manifests nest about 12 deep.
+        budget: serde_saphyr::budget! { max_depth: MAX_DEPTH },
+        // Aliases are rare in manifests; bound their expansion (billion laughs)
+        // well below the node budget so hostile input fails fast.
+        alias_limits: serde_saphyr::alias_limits! { max_total_replayed_events: 20_000 },
+    };
     match serde_saphyr::from_multiple_with_options::<SpannedNode>(text, options) {
         Ok(docs) => Ok(docs
             .into_iter()
@@ -221,10 +240,24 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                 .location()
                 .map(|l| pos_of(&l))
                 .unwrap_or(Pos { line: 1, column: 1 });
-            let message = first_line_of(&e.to_string());
+            let message = friendly(&first_line_of(&e.to_string()));
             Err(SyntaxError { pos, message })
         }
     }
+}
+
+/// serde-saphyr's wording for a few errors, said for policy authors.
+fn friendly(message: &str) -> String {
+    if message.starts_with("budget breached: Depth") {
+        return format!("the document nests deeper than {MAX_DEPTH} levels");
+    }
+    if let Some(rest) = message.strip_prefix("budget breached: ") {
+        return format!("the document is too large to read ({rest})");
+    }
+    // The hint about DuplicateKeyPolicy is for programmers.
+    message
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+        .replace("duplicate mapping key: ", "duplicate field ")
 }
 
 fn first_line_of(s: &str) -> String {
