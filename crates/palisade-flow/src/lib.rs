@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod printer;
 pub mod record;
 pub mod ring;
+pub mod servicemap;
+pub mod web;
 
 pub use filter::{Criterion, FilterSet, FlowFilter, Side};
 pub use flow::{Flow, FlowsResponse, LostEvent, Verdict};
