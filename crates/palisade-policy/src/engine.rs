@@ -683,9 +683,12 @@ impl Engine {
                     PortSpec::Number(n) => Some(*n),
                     PortSpec::Named(name) => self.named_port(pod, dir, name, *proto),
                 };
+                // Port 0 alone is every port of the protocol; with an
+                // endPort it is the range 0..=endPort, as Cilium's
+                // `PortRangeToMaskedPorts` reads it.
                 let keys = match number {
                     None => vec![],
-                    Some(0) => vec![(proto.number(), 0, 8)],
+                    Some(0) if end_port.is_none() => vec![(proto.number(), 0, 8)],
                     Some(lo) => {
                         let hi = end_port.unwrap_or(lo).max(lo);
                         port_range_blocks(lo, hi)
@@ -733,5 +736,86 @@ fn merge_deltas(into: &mut BTreeMap<String, MapDelta>, from: BTreeMap<String, Ma
         let e = into.entry(k).or_default();
         e.adds.extend(d.adds);
         e.removes.extend(d.removes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Options, parse_file};
+    use crate::trace::{PeerSpec, Query, trace};
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {app: client}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: default, labels: {app: server}}
+status: {podIP: 10.0.0.2}
+"#;
+
+    fn engine(policies: &str) -> Engine {
+        let text = format!("{PODS}---\n{policies}");
+        let objects = parse_file("test.yaml", &text, &Options::default())
+            .into_iter()
+            .map(|d| {
+                assert!(d.errors.is_empty(), "{:?}", d.errors);
+                d.object.expect("object")
+            });
+        Engine::from_objects(objects)
+    }
+
+    fn allowed(e: &Engine, from: &str, to: &str, protocol: Protocol, port: u16) -> bool {
+        trace(
+            e,
+            &Query {
+                from: PeerSpec::parse(from).expect("peer"),
+                to: PeerSpec::parse(to).expect("peer"),
+                protocol,
+                port,
+                l7: None,
+            },
+        )
+        .expect("trace")
+        .allowed
+    }
+
+    /// `port: "0"` with an `endPort` is the range 0..=endPort, not every
+    /// port (Cilium's `PortRangeToMaskedPorts` wildcards only 0-0 and
+    /// 0-65535).
+    #[test]
+    fn port_zero_with_end_port_is_a_range() {
+        let e = engine(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - toPorts: [{ports: [{port: "0", endPort: 50, protocol: TCP}]}]
+"#,
+        );
+        let (c, s) = ("default/client", "default/server");
+        assert!(allowed(&e, c, s, Protocol::TCP, 0));
+        assert!(allowed(&e, c, s, Protocol::TCP, 50));
+        assert!(!allowed(&e, c, s, Protocol::TCP, 51));
+        assert!(!allowed(&e, c, s, Protocol::TCP, 80));
+        let e = engine(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - toPorts: [{ports: [{port: "0", endPort: 65535, protocol: TCP}]}]
+"#,
+        );
+        assert!(allowed(&e, c, s, Protocol::TCP, 80));
+        assert!(!allowed(&e, c, s, Protocol::UDP, 80));
     }
 }
