@@ -818,4 +818,43 @@ spec:
         assert!(allowed(&e, c, s, Protocol::TCP, 80));
         assert!(!allowed(&e, c, s, Protocol::UDP, 80));
     }
+
+    /// A CNP's subject gets the policy's namespace as its `k8s:` match;
+    /// a bare (`any:`) namespace key or a namespace expression is not
+    /// replaced but ANDed, as Cilium's `ParseToCiliumRule` does.
+    #[test]
+    fn cnp_subject_namespace_requirements_are_anded() {
+        let policy = |selector: &str| {
+            format!(
+                r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: p, namespace: default}}
+spec:
+  endpointSelector: {selector}
+  ingress: [{{}}]
+"#
+            )
+        };
+        let (c, s) = ("default/client", "default/server");
+        // The `k8s:` match is replaced by the policy's namespace.
+        let e = engine(&policy(
+            r#"{matchLabels: {"k8s:io.kubernetes.pod.namespace": other}}"#,
+        ));
+        assert!(!allowed(&e, c, s, Protocol::TCP, 80));
+        // A bare key names another namespace: nothing is selected.
+        let e = engine(&policy(
+            r#"{matchLabels: {io.kubernetes.pod.namespace: other}}"#,
+        ));
+        assert!(allowed(&e, c, s, Protocol::TCP, 80));
+        let e = engine(&policy(
+            r#"{matchExpressions: [{key: io.kubernetes.pod.namespace, operator: NotIn, values: [default]}]}"#,
+        ));
+        assert!(allowed(&e, c, s, Protocol::TCP, 80));
+        // A bare key naming the policy's own namespace still selects.
+        let e = engine(&policy(
+            r#"{matchLabels: {io.kubernetes.pod.namespace: default}}"#,
+        ));
+        assert!(!allowed(&e, c, s, Protocol::TCP, 80));
+    }
 }

@@ -253,7 +253,18 @@ fn compile_rule(p: &Policy, r: &Rule, state: &ClusterState) -> CompiledRule {
             if p.id.kind.is_namespaced()
                 && let Some(ns) = ns
             {
-                s.requirements.retain(|q| q.key.key != POD_NAMESPACE);
+                // Cilium sets `k8s:io.kubernetes.pod.namespace=<ns>` in the
+                // subject's matchLabels, replacing a user's match on that
+                // key; every other namespace requirement (a bare key means
+                // `any:`; expressions) stays and is ANDed. NetworkPolicy
+                // keys are all `k8s:` in Cilium.
+                let knp = p.id.kind == PolicyKind::NetworkPolicy;
+                s.requirements.retain(|q| {
+                    !(q.key.key == POD_NAMESPACE
+                        && (knp || q.key.source == SOURCE_K8S)
+                        && q.op == crate::selector::Operator::In
+                        && q.values.len() == 1)
+                });
                 s = s.with(Requirement::equals(ns_key(), ns));
             }
             (s, false)
