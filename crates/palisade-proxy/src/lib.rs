@@ -20,6 +20,7 @@
 //! agent does not break L7 traffic.
 
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod feed;
 pub mod http;
