@@ -45,6 +45,9 @@ enum Command {
     /// Observe flows with Hubble's filters, from a file or the live agent.
     #[command(after_help = cmd::observe::AFTER_HELP)]
     Observe(cmd::ObserveArgs),
+    /// Run the L7 proxy (HTTP/1.1, HTTP/2, gRPC) as its own process.
+    #[command(after_help = cmd::proxy::AFTER_HELP)]
+    Proxy(cmd::proxy::ProxyArgs),
 }
 
 /// Agent options that change what is valid, as in Cilium's agent flags.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Lab(a) => cmd::lab::run(a),
         Command::Observe(a) => cmd::run_observe(a),
+        Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@ pub mod endpoint;
 pub mod lab;
 pub mod live;
 pub mod pod;
+pub mod proxy;
 pub mod status;
 pub mod observe;
 mod validate;

@@ -1,0 +1,136 @@
+//! `palisade proxy`: the L7 proxy as its own process, so that restarting
+//! the agent does not break L7 traffic. It reads its policy from the
+//! agent's feed file (or, standalone, from a manifest directory), installs
+//! TPROXY redirection in the node namespace and enforces HTTP/gRPC rules.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use palisade_proxy::{FeedSource, ProxyConfig, ProxyHandle, ProxyOptions, RecordSink};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const AFTER_HELP: &str = "The agent writes its policy feed (JSON: localNode, endpoints, manifests) to a file and \
+replaces it atomically; the proxy reloads it when it changes (and on SIGHUP). SIGINT/SIGTERM stop the proxy \
+and remove its nftables table and routing.\n\nExamples:\n  palisade proxy --feed /var/lib/palisade/proxy-feed.json --node-netns palisade-node\n  \
+palisade proxy --manifests lab/ --node-netns palisade-node --records -";
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// The agent's policy feed file (JSON snapshot, replaced atomically).
+    #[arg(
+        long,
+        conflicts_with = "manifests",
+        required_unless_present = "manifests"
+    )]
+    feed: Option<PathBuf>,
+    /// Standalone: a manifest file or directory (cluster state and policies), reloaded on change.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// With --manifests: only pods on this node are endpoints.
+    #[arg(long)]
+    local_node: Option<String>,
+    /// The node network namespace to run in (default: the current one).
+    #[arg(long)]
+    node_netns: Option<String>,
+    /// TPROXY listening port.
+    #[arg(long, default_value_t = palisade_proxy::config::DEFAULT_PORT)]
+    port: u16,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Do not install the nftables TPROXY rules and policy routing.
+    #[arg(long)]
+    no_redirect: bool,
+    /// Limits and timeouts as JSON (ProxyConfig fields, camelCase; durations in ms).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write every L7 record as a JSON line to this file (`-`: stdout).
+    #[arg(long)]
+    records: Option<String>,
+    /// Do not log every L7 record.
+    #[arg(long)]
+    quiet: bool,
+    /// Log filter (tracing EnvFilter syntax; RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+pub fn run(a: ProxyArgs) -> Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&a.log));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut config = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            serde_json::from_str::<ProxyConfig>(&text)
+                .with_context(|| format!("{}: invalid proxy config", p.display()))?
+        }
+        None => ProxyConfig::default(),
+    };
+    config.port = a.port;
+    config.manage_redirect = !a.no_redirect;
+    config.log_records = !a.quiet;
+    let feed = match (a.feed, a.manifests) {
+        (Some(f), _) => FeedSource::File(f),
+        (None, Some(dir)) => FeedSource::ManifestDir {
+            dir,
+            local_node: a.local_node,
+        },
+        (None, None) => anyhow::bail!("give --feed FILE or --manifests DIR"),
+    };
+    let sink = match a.records.as_deref() {
+        None => RecordSink::none(),
+        Some(path) => record_writer(path)?,
+    };
+    let handle = ProxyHandle::spawn(ProxyOptions {
+        config,
+        netns: a.node_netns,
+        workers: a.workers,
+        sink,
+        initial: None,
+        feed: Some(feed),
+        feed_poll: None,
+        handle_signals: true,
+    })?;
+    eprintln!(
+        "palisade proxy listening on {} (policy revision {})",
+        handle.local_addr(),
+        handle.revision()
+    );
+    handle.join();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Records go through a bounded channel to a writer thread, so a slow
+/// reader never slows the proxy (records beyond the bound are dropped).
+fn record_writer(path: &str) -> Result<RecordSink> {
+    let mut out: Box<dyn Write + Send> = if path == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| path.to_string())?,
+        )
+    };
+    let (sink, mut rx) = RecordSink::channel(65_536);
+    std::thread::Builder::new()
+        .name("palisade-records".into())
+        .spawn(move || {
+            while let Some(r) = rx.blocking_recv() {
+                let Ok(line) = serde_json::to_string(&r) else {
+                    continue;
+                };
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(sink)
+}
