@@ -24,6 +24,7 @@ pub mod dns;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod kafka;
 pub mod netns;
 pub mod record;
 pub mod redirect;

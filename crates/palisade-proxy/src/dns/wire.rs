@@ -371,6 +371,13 @@ pub fn error_answer(query: &[u8], rcode: u8) -> Vec<u8> {
         // root name, type OPT, class = payload size, ttl 0, rdlen 0
         out.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
     }
+    // Copied questions may hold pointers into the query's header, which
+    // differs here: never send something that does not parse.
+    if qdcount > 0 && Message::parse(&out).is_err() {
+        out.truncate(HEADER_LEN);
+        out[3] = (out[3] & 0xf0) | RCODE_FORMERR;
+        out[4..12].fill(0);
+    }
     out
 }
 
