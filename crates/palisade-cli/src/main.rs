@@ -48,6 +48,9 @@ enum Command {
     /// Run the L7 proxy (HTTP/1.1, HTTP/2, gRPC) as its own process.
     #[command(after_help = cmd::proxy::AFTER_HELP)]
     Proxy(cmd::proxy::ProxyArgs),
+    /// Inspect what the DNS proxy learned (the FQDN cache).
+    #[command(subcommand)]
+    Fqdn(cmd::fqdn::FqdnCommand),
 }
 
 /// Agent options that change what is valid, as in Cilium's agent flags.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Lab(a) => cmd::lab::run(a),
         Command::Observe(a) => cmd::run_observe(a),
         Command::Proxy(a) => cmd::proxy::run(a),
+        Command::Fqdn(c) => cmd::fqdn::run(c),
     };
     match result {
         Ok(code) => code,

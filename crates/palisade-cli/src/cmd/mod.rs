@@ -5,6 +5,7 @@ pub mod agent;
 mod apply;
 pub mod bpf;
 pub mod endpoint;
+pub mod fqdn;
 pub mod lab;
 pub mod live;
 pub mod pod;
