@@ -139,10 +139,7 @@ fn build_engine(
     }
     objects.push(Object::Node(Node {
         name: cfg.node_name.clone(),
-        labels: BTreeMap::from([(
-            "kubernetes.io/hostname".to_string(),
-            cfg.node_name.clone(),
-        )]),
+        labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), cfg.node_name.clone())]),
         addresses: vec![cfg.node_address.into()],
     }));
     let mut declared = BTreeMap::new();
@@ -197,9 +194,9 @@ impl Agent {
             None => (Vec::new(), Vec::new(), Vec::new()),
             Some(dir) => {
                 let fp = sources::fingerprint(dir);
-                match sources::read_dir(dir)
-                    .and_then(|files| sources::parse_all(&files, &config.options).map(|o| (files, o)))
-                {
+                match sources::read_dir(dir).and_then(|files| {
+                    sources::parse_all(&files, &config.options).map(|o| (files, o))
+                }) {
                     Ok((files, objects)) => {
                         store::write_json(&last_good_path(&config), &files)?;
                         (objects, Vec::new(), fp)
@@ -567,7 +564,10 @@ impl Shared {
         if objects.is_empty() {
             return Err(AgentError::Invalid {
                 summary: "the change holds no object Palisade acts on".into(),
-                diagnostics: files.iter().map(|f| format!("{}:1:1: no objects", f.name)).collect(),
+                diagnostics: files
+                    .iter()
+                    .map(|f| format!("{}:1:1: no objects", f.name))
+                    .collect(),
             });
         }
         let mut st = self.lock();
@@ -622,7 +622,10 @@ impl Shared {
         st.api_objects = api_objects;
         self.rebuild_and_reconcile(&mut st);
         Ok(ApplyReport {
-            objects: keys.into_iter().filter(|k| !not_found.contains(k)).collect(),
+            objects: keys
+                .into_iter()
+                .filter(|k| !not_found.contains(k))
+                .collect(),
             not_found,
             warnings: st.engine.warnings(),
             endpoint_errors: Self::endpoint_errors(&st),
@@ -714,7 +717,8 @@ impl Shared {
         let endpoint = ep
             .map(|e| e.0.clone())
             .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
-        let rule = if ev.verdict == DpVerdict::Dropped && ev.drop_reason == palisade_datapath::DROP_POLICY
+        let rule = if ev.verdict == DpVerdict::Dropped
+            && ev.drop_reason == palisade_datapath::DROP_POLICY
         {
             let sel = ep.map(|e| match ev.direction {
                 palisade_datapath::Direction::Ingress => e.1.clone(),
@@ -767,7 +771,11 @@ impl Shared {
 
     fn events_since(&self, since: u64) -> Vec<FlowEvent> {
         let log = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        log.events.iter().filter(|e| e.seq > since).cloned().collect()
+        log.events
+            .iter()
+            .filter(|e| e.seq > since)
+            .cloned()
+            .collect()
     }
 
     fn run_pod(&self, spec: PodRunSpec) -> Result<PodInfo> {
@@ -785,7 +793,14 @@ impl Shared {
             .map(|(_, i)| i.ep_id)
             .max()
             .unwrap_or(0);
-        let ep_id = st.pods.values().map(|p| p.ep_id).max().unwrap_or(0).max(dp_max) + 1;
+        let ep_id = st
+            .pods
+            .values()
+            .map(|p| p.ep_id)
+            .max()
+            .unwrap_or(0)
+            .max(dp_max)
+            + 1;
         let ip: Ipv4Addr = match spec.ip {
             Some(ip) => {
                 st.ipam.reserve(ip, &key)?;
@@ -804,7 +819,10 @@ impl Shared {
                 .unwrap_or_else(|| "default".into()),
             ip,
             ep_id,
-            netns: format!("{}-{}-{}", self.config.node_netns, spec.namespace, spec.name),
+            netns: format!(
+                "{}-{}-{}",
+                self.config.node_netns, spec.namespace, spec.name
+            ),
             host_ifname: format!("lxc{ep_id:08x}"),
         };
         if netns::netns_exists(&rec.netns) {

@@ -427,8 +427,8 @@ mod tests {
 
     #[test]
     fn request_wire_format() {
-        let r: Request = serde_json::from_str(r#"{"op":"bpf-policy-get","pod":"default/a"}"#)
-            .expect("decodes");
+        let r: Request =
+            serde_json::from_str(r#"{"op":"bpf-policy-get","pod":"default/a"}"#).expect("decodes");
         assert!(matches!(r, Request::BpfPolicyGet { pod } if pod == "default/a"));
         let s = serde_json::to_string(&Request::Status).expect("encodes");
         assert_eq!(s, r#"{"op":"status"}"#);

@@ -38,7 +38,9 @@ impl PodCidr {
             context: format!("pod CIDR {s:?}"),
             message: m.to_string(),
         };
-        let (a, l) = s.split_once('/').ok_or_else(|| bad("expected ADDRESS/LEN"))?;
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| bad("expected ADDRESS/LEN"))?;
         let addr: Ipv4Addr = a.parse().map_err(|_| bad("invalid IPv4 address"))?;
         let len: u8 = l.parse().map_err(|_| bad("invalid prefix length"))?;
         if !(8..=30).contains(&len) {

@@ -180,7 +180,8 @@ pub fn reconcile(
     }
     // 2. endpoints and their policy.
     let ours: BTreeSet<u32> = endpoints.iter().map(|e| e.ifindex).collect();
-    let current: BTreeMap<u32, EndpointInfo> = dp.endpoints().unwrap_or_default().into_iter().collect();
+    let current: BTreeMap<u32, EndpointInfo> =
+        dp.endpoints().unwrap_or_default().into_iter().collect();
     for ep in endpoints {
         let (Some(id), Some(map)) = (
             engine.endpoint_identity(&ep.key),
@@ -188,7 +189,9 @@ pub fn reconcile(
         ) else {
             out.status.insert(
                 ep.key.clone(),
-                EndpointStatus::NotReady("not an endpoint of this node in the cluster state".into()),
+                EndpointStatus::NotReady(
+                    "not an endpoint of this node in the cluster state".into(),
+                ),
             );
             continue;
         };
@@ -218,7 +221,8 @@ pub fn reconcile(
         if current.get(&ep.ifindex) != Some(&info)
             && let Err(e) = dp.set_endpoint(ep.ifindex, info)
         {
-            out.status.insert(ep.key.clone(), EndpointStatus::Error(e.to_string()));
+            out.status
+                .insert(ep.key.clone(), EndpointStatus::Error(e.to_string()));
             continue;
         }
         out.status.insert(ep.key.clone(), status);

@@ -187,7 +187,9 @@ impl ApiStore {
                         object,
                     })
                 }
-                _ => tracing::warn!(key = %d.key, file = %d.file, "stored API object no longer decodes; skipped"),
+                _ => {
+                    tracing::warn!(key = %d.key, file = %d.file, "stored API object no longer decodes; skipped")
+                }
             }
         }
         out

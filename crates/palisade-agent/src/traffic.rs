@@ -79,7 +79,12 @@ pub fn echo(stream: &mut TcpStream, msg: &[u8], timeout: Duration) -> Outcome {
 
 /// Opens a TCP connection from namespace `ns` (the socket stays usable
 /// from any thread afterwards).
-pub fn tcp_connect(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+pub fn tcp_connect(
+    ns: &str,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     netns::in_netns(ns, || {
         TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)
     })
@@ -245,13 +250,33 @@ fn wait_readable(fd: i32, ms: i32) -> bool {
 impl Servers {
     /// Starts echo servers on `0.0.0.0` in namespace `ns`; returns once all are bound.
     pub fn start(ns: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> std::io::Result<Servers> {
+        Self::start_on(ns, &[Ipv4Addr::UNSPECIFIED], tcp_ports, udp_ports)
+    }
+
+    /// Like [`Servers::start`], bound to each of `addrs` (a UDP reply then
+    /// leaves from the address the request went to, also when the
+    /// namespace has several).
+    pub fn start_on(
+        ns: &str,
+        addrs: &[Ipv4Addr],
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> std::io::Result<Servers> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        for &port in tcp_ports {
+        let tcp: Vec<(Ipv4Addr, u16)> = addrs
+            .iter()
+            .flat_map(|a| tcp_ports.iter().map(move |p| (*a, *p)))
+            .collect();
+        let udp: Vec<(Ipv4Addr, u16)> = addrs
+            .iter()
+            .flat_map(|a| udp_ports.iter().map(move |p| (*a, *p)))
+            .collect();
+        for &(addr, port) in &tcp {
             let (stop, tx) = (stop.clone(), tx.clone());
             handles.push(netns::spawn_in_netns(ns, move || {
-                let listener = match TcpListener::bind(("0.0.0.0", port)) {
+                let listener = match TcpListener::bind((addr, port)) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -292,10 +317,10 @@ impl Servers {
                 }
             }));
         }
-        for &port in udp_ports {
+        for &(addr, port) in &udp {
             let (stop, tx) = (stop.clone(), tx.clone());
             handles.push(netns::spawn_in_netns(ns, move || {
-                let sock = match UdpSocket::bind(("0.0.0.0", port)) {
+                let sock = match UdpSocket::bind((addr, port)) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -314,7 +339,7 @@ impl Servers {
         }
         drop(tx);
         let servers = Servers { stop, handles };
-        for _ in 0..(tcp_ports.len() + udp_ports.len()) {
+        for _ in 0..(tcp.len() + udp.len()) {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),

@@ -1,0 +1,99 @@
+//! `palisade agent`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use palisade_agent::config::PodCidr;
+use palisade_agent::{Agent, AgentConfig};
+
+use super::live;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "The agent's \"host\" is a dedicated network namespace (--node-netns, default \
+palisade-node) that holds the pods' host-side veths, routes and IPv4 forwarding: nothing changes \
+in the machine's root namespace. Pods, IPAM and API-applied objects persist in the state \
+directory; maps and TCX links are pinned under the pin root, so enforcement continues while the \
+agent is down and a restarted agent adopts them without a gap.\n\n\
+Examples:\n  sudo palisade agent\n  sudo palisade agent --manifests ./policies --state-dir /tmp/pal --socket /tmp/pal.sock --node-name node-1"
+)]
+pub struct AgentArgs {
+    /// State directory (pods, IPAM, applied objects).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Config file (YAML/JSON: nodeName, nodeNetns, podCIDR, nodeAddress, stateDir, manifestsDir, socket, pinRoot, policyCapacity, gcIntervalSeconds).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Manifests directory, watched for changes.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// API socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// bpffs pin root.
+    #[arg(long)]
+    pub pin_root: Option<PathBuf>,
+    /// Node network namespace (created if missing).
+    #[arg(long)]
+    pub node_netns: Option<String>,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Pod CIDR of this node (the node address is its first address).
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+}
+
+pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    live::init_logs("info");
+    if !live::is_root() {
+        bail!("palisade agent needs root (BPF, network namespaces); run it with sudo");
+    }
+    let mut cfg = AgentConfig::default();
+    if let Some(f) = &a.config {
+        cfg = cfg.with_file(f)?;
+    }
+    if let Some(v) = a.state_dir {
+        cfg.state_dir = v;
+    }
+    if let Some(v) = a.manifests {
+        cfg.manifests_dir = Some(v);
+    }
+    if let Some(v) = a.socket {
+        cfg.socket = Some(v);
+    }
+    if let Some(v) = a.pin_root {
+        cfg.pin_root = v;
+    }
+    if let Some(v) = a.node_netns {
+        cfg.node_netns = v;
+    }
+    if let Some(v) = a.node_name {
+        cfg.node_name = v;
+    }
+    if let Some(v) = a.pod_cidr {
+        cfg.pod_cidr = PodCidr::parse(&v)?;
+        cfg.node_address = cfg.pod_cidr.gateway();
+    }
+    live::install_stop_signals();
+    let agent = Agent::start(cfg).context("starting the agent")?;
+    eprintln!(
+        "palisade agent running: node {} (netns {}), API {}",
+        agent.config().node_name,
+        agent.config().node_netns,
+        agent
+            .config()
+            .socket
+            .as_ref()
+            .map(|s| s.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    while !live::stopping() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("stopping; pods and the pinned datapath stay in place");
+    agent.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
