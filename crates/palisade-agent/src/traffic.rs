@@ -91,6 +91,24 @@ pub fn tcp_connect(
     .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
+/// Opens a TCP connection from namespace `ns` with source address `src`.
+pub fn tcp_connect_from(
+    ns: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    netns::in_netns(ns, || -> std::io::Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.bind(&SocketAddr::from((src, 0)).into())?;
+        s.connect_timeout(&SocketAddr::from((dst, port)).into(), timeout)?;
+        Ok(s.into())
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
 /// TCP connect + echo from namespace `ns`.
 pub fn tcp_probe(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
     match tcp_connect(ns, dst, port, timeout) {
@@ -99,10 +117,35 @@ pub fn tcp_probe(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> Outco
     }
 }
 
+/// [`tcp_probe`] with an explicit source address (a namespace with several).
+pub fn tcp_probe_from(
+    ns: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Outcome {
+    match tcp_connect_from(ns, src, dst, port, timeout) {
+        Ok(mut s) => echo(&mut s, PROBE, timeout),
+        Err(e) => io_outcome(&e),
+    }
+}
+
 /// UDP request/response from namespace `ns`.
 pub fn udp_probe(ns: &str, dst: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
+    udp_probe_from(ns, Ipv4Addr::UNSPECIFIED, dst, port, timeout)
+}
+
+/// [`udp_probe`] with an explicit source address.
+pub fn udp_probe_from(
+    ns: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Outcome {
     flatten(netns::in_netns(ns, || {
-        let sock = match UdpSocket::bind("0.0.0.0:0") {
+        let sock = match UdpSocket::bind((src, 0)) {
             Ok(s) => s,
             Err(e) => return Outcome::Error(e.to_string()),
         };
@@ -144,11 +187,29 @@ static ICMP_ID: AtomicU16 = AtomicU16::new(0x5000);
 
 /// ICMP echo (ping) from namespace `ns`, with a raw socket.
 pub fn icmp_probe(ns: &str, dst: Ipv4Addr, timeout: Duration) -> Outcome {
-    let id = ICMP_ID.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
-    flatten(netns::in_netns(ns, move || icmp_echo(dst, id, timeout)))
+    icmp_probe_from(ns, Ipv4Addr::UNSPECIFIED, dst, timeout)
 }
 
-fn icmp_echo(dst: Ipv4Addr, id: u16, timeout: Duration) -> Outcome {
+/// [`icmp_probe`] with an explicit source address.
+pub fn icmp_probe_from(ns: &str, src: Ipv4Addr, dst: Ipv4Addr, timeout: Duration) -> Outcome {
+    let id = ICMP_ID.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
+    flatten(netns::in_netns(ns, move || {
+        icmp_echo(src, dst, id, timeout)
+    }))
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, timeout: Duration) -> Outcome {
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
     if fd < 0 {
@@ -162,14 +223,21 @@ fn icmp_echo(dst: Ipv4Addr, id: u16, timeout: Duration) -> Outcome {
     pkt.extend_from_slice(b"palisade");
     let c = checksum(&pkt);
     pkt[2..4].copy_from_slice(&c.to_be_bytes());
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(dst).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    if !src.is_unspecified() {
+        let a = sockaddr(src);
+        // SAFETY: valid sockaddr_in of the given size.
+        let rc = unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&a as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Outcome::Error(std::io::Error::last_os_error().to_string());
+        }
+    }
+    let addr = sockaddr(dst);
     // SAFETY: valid buffer and sockaddr_in of the given size.
     let rc = unsafe {
         libc::sendto(

@@ -1,17 +1,17 @@
 //! The `palisade policy ...` commands.
 
-mod explain;
 pub mod agent;
 mod apply;
 pub mod bpf;
 pub mod endpoint;
+mod explain;
 pub mod fqdn;
 pub mod lab;
 pub mod live;
+pub mod observe;
 pub mod pod;
 pub mod proxy;
 pub mod status;
-pub mod observe;
 mod validate;
 
 use crate::FeatureArgs;
