@@ -1281,6 +1281,14 @@ fn decode_port_rule(
                     let pos = pn.get("protocol").map_or(pn.pos, |n| n.pos);
                     ctx.error(pos, &format!("{ppath}.protocol"), format!("L7 rules can only apply to TCP (not {proto}) except for DNS rules; set protocol: TCP"));
                 }
+                if is_dns && pp2.protocols == [Protocol::SCTP] {
+                    let pos = pn.get("protocol").map_or(pn.pos, |n| n.pos);
+                    ctx.error(
+                        pos,
+                        &format!("{ppath}.protocol"),
+                        "DNS rules can only apply to UDP, TCP or ANY (not SCTP)",
+                    );
+                }
                 if pp2.port == PortSpec::Number(0) {
                     ctx.error(
                         pn.pos,
