@@ -276,6 +276,14 @@ fn decode_meta(ctx: &mut Ctx, o: &Obj, require_name: bool) -> Meta {
             if let Some(s) = ctx.string(n, &mo.field("name")) {
                 if s.is_empty() {
                     ctx.error(n.pos, &mo.field("name"), "name must not be empty");
+                } else if !is_dns_subdomain(&s) {
+                    ctx.error(
+                        n.pos,
+                        &mo.field("name"),
+                        format!(
+                            "invalid name \"{s}\": metadata.name must be a lowercase RFC 1123 subdomain (a-z, 0-9, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+                        ),
+                    );
                 }
                 meta.name = s;
             }
@@ -287,6 +295,17 @@ fn decode_meta(ctx: &mut Ctx, o: &Obj, require_name: bool) -> Meta {
         meta.namespace = ctx
             .string(n, &mo.field("namespace"))
             .filter(|s| !s.is_empty());
+        if let Some(ns) = &meta.namespace
+            && !is_dns_label(ns)
+        {
+            ctx.error(
+                n.pos,
+                &mo.field("namespace"),
+                format!(
+                    "invalid namespace \"{ns}\": metadata.namespace must be a lowercase RFC 1123 label (a-z, 0-9 and '-', starting and ending with a letter or digit, at most 63 characters)"
+                ),
+            );
+        }
     }
     if let Some(l) = mo.get("labels") {
         for (_, k, v) in ctx.string_map(l, &mo.field("labels")) {
@@ -299,6 +318,25 @@ fn decode_meta(ctx: &mut Ctx, o: &Obj, require_name: bool) -> Meta {
         }
     }
     meta
+}
+
+/// A Kubernetes object name: a lowercase RFC 1123 subdomain.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label_part)
+}
+
+/// A namespace name: a lowercase RFC 1123 label.
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_label_part(s)
+}
+
+fn is_dns_label_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
 }
 
 fn check_api_version(ctx: &mut Ctx, o: &Obj, kind: &str, valid: &[&str]) {
@@ -1484,6 +1522,18 @@ fn decode_port_protocol(
                 }
                 PortSpec::Number(0)
             } else if s.bytes().all(|b| b.is_ascii_digit()) {
+                if s.len() > 1 && s.starts_with('0') {
+                    // Cilium parses ports with Go's base prefixes: "010" is
+                    // port 8 there, "080" an error. Neither is what was meant.
+                    ctx.error(
+                        n.pos,
+                        &o.field("port"),
+                        format!(
+                            "port \"{s}\" has a leading zero, which Cilium reads as an octal number; write the port without it"
+                        ),
+                    );
+                    return None;
+                }
                 match s.parse::<u32>() {
                     Ok(v) if v <= 65535 => PortSpec::Number(v as u16),
                     _ => {
