@@ -1350,7 +1350,7 @@ fn decode_port_rule(
         let re = regex::Regex::new(r"^(\*?\*\.)?([-a-zA-Z0-9_]+\.?)+$").ok();
         for (pos, n) in ctx.strings(s, &sp) {
             if n.is_empty() || re.as_ref().is_some_and(|r| !r.is_match(&n)) {
-                ctx.error(pos, &sp, format!("invalid server name \"{n}\": expected a DNS name, optionally starting with *. or **."));
+                ctx.error(pos, &sp, format!("invalid server name \"{n}\" in serverNames: expected a DNS name, optionally starting with *. or **."));
             }
             server_names.push(n);
         }
@@ -1463,7 +1463,7 @@ fn decode_port_protocol(
                 "SCTP" => vec![Protocol::SCTP],
                 p @ ("VRRP" | "IGMP") => {
                     if !opts.enable_extended_ip_protocols {
-                        ctx.error(n.pos, &o.field("protocol"), format!("protocol {p} requires the agent option enable-extended-ip-protocols (off by default); turn it on in Palisade's configuration"));
+                        ctx.error(n.pos, &o.field("protocol"), format!("protocol {p} requires the agent option enable-extended-ip-protocols (off by default); turn it on in Palisade's configuration (VRRP and IGMP rules then take no port)"));
                         return None;
                     }
                     vec![Protocol::parse(p)?]

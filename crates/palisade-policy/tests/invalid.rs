@@ -252,3 +252,42 @@ fn errors_read_file_line_column_field_message() {
     assert!(e.message.contains("unsupported entity \"wrld\""));
     assert!(e.message.contains("did you mean \"world\""));
 }
+
+#[test]
+fn gated_features_follow_their_flags() {
+    let extended = Options {
+        enable_extended_ip_protocols: true,
+        ..Options::default()
+    };
+    let nodes = Options {
+        enable_node_selector_labels: true,
+        ..Options::default()
+    };
+    let errors = |file: &str, opts: &Options| -> Vec<String> {
+        let path = tests_dir().join("invalid").join(file);
+        parse_file(&path.display().to_string(), &read(&path), opts)
+            .into_iter()
+            .flat_map(|d| d.errors)
+            .map(|e| e.to_string())
+            .collect()
+    };
+    // With the flag, fromNodes is valid.
+    assert_eq!(
+        errors("from-nodes-without-flag.yaml", &nodes),
+        Vec::<String>::new()
+    );
+    // With the flag, VRRP is valid without a port...
+    assert_eq!(
+        errors("protocol-vrrp-without-flag.yaml", &extended),
+        Vec::<String>::new()
+    );
+    // ...but still not with one.
+    let e = errors("vrrp-with-port.yaml", &extended);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(":13:") && e[0].contains("cannot name a port"),
+        "{e:?}"
+    );
+    // An empty port is valid with the flag (read as every port).
+    assert_eq!(errors("port-empty.yaml", &extended), Vec::<String>::new());
+}
