@@ -1,0 +1,310 @@
+//! The agent as a real process, driven through the CLI: pods, exec exit
+//! status, policy apply/delete, invalid updates (manifests directory and
+//! API) rejected with the last good policy still enforced, and SIGKILL of
+//! the agent during traffic (established connections keep working, denied
+//! traffic stays denied, the restarted agent adopts the pinned state and
+//! converges). Needs root; skipped otherwise.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use palisade_agent::api::PodInfo;
+use palisade_agent::traffic::{self, Outcome, Servers, wait_until};
+
+const T: Duration = Duration::from_millis(400);
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+struct Env {
+    tag: String,
+    node_netns: String,
+    pin_root: PathBuf,
+    state_dir: PathBuf,
+    manifests: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tag = format!("{}", std::process::id());
+        let base = std::env::temp_dir().join(format!("palisade-cli-agent-{tag}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("manifests")).expect("tmp dirs");
+        Env {
+            node_netns: format!("pal-cli-{tag}"),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/palisade-cli-test-{tag}")),
+            state_dir: base.join("state"),
+            manifests: base.join("manifests"),
+            socket: base.join("agent.sock"),
+            tag,
+            child: None,
+        }
+    }
+
+    fn start_agent(&mut self) {
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--node-name",
+                "node-t",
+                "--pod-cidr",
+                "10.241.0.0/24",
+            ])
+            .arg("--node-netns")
+            .arg(&self.node_netns)
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(20), || self
+                .cli(&["status"])
+                .status
+                .success()),
+            "agent did not come up"
+        );
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        // `--socket` goes before a `--` (after it, everything is the command)
+        let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        Command::new(BIN)
+            .args(&args[..split])
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&args[split..])
+            .output()
+            .expect("run palisade")
+    }
+
+    fn pod(&self, key: &str) -> PodInfo {
+        let out = self.cli(&["pod", "list", "-o", "json"]);
+        let pods: Vec<PodInfo> = serde_json::from_slice(&out.stdout).expect("pod list json");
+        pods.into_iter().find(|p| p.pod == key).expect("pod listed")
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_agent();
+        palisade_agent::purge(&self.node_netns, &self.pin_root);
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("palisade-cli-agent-{}", self.tag)),
+        );
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn policy(name: &str, from_app: &str) -> String {
+    format!(
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels:
+      app: server
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            app: {from_app}
+      toPorts:
+        - ports:
+            - port: "80"
+              protocol: TCP
+"#
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write manifest");
+}
+
+#[test]
+fn agent_pods_policy_invalid_updates_and_sigkill() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut env = Env::new();
+    write(
+        &env.manifests.join("server.yaml"),
+        &policy("server-ingress", "client"),
+    );
+    env.start_agent();
+
+    for (p, l) in [
+        ("default/client", "app=client"),
+        ("default/other", "app=other"),
+        ("default/server", "app=server"),
+    ] {
+        let out = env.cli(&["pod", "run", p, "--labels", l, "--port", "http:80/TCP"]);
+        assert!(out.status.success(), "pod run {p}: {out:?}");
+    }
+    let client = env.pod("default/client");
+    let other = env.pod("default/other");
+    let server = env.pod("default/server");
+    let _srv = Servers::start(&server.netns, &[80, 81], &[]).expect("servers");
+    let sip: Ipv4Addr = server.ip;
+
+    // (d) pod exec returns the command's exit status
+    let out = env.cli(&["pod", "exec", "default/client", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let out = env.cli(&["pod", "exec", "default/client", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // the manifests directory's policy is enforced
+    assert_eq!(
+        traffic::tcp_probe(&client.netns, sip, 80, T),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Dropped
+    );
+    let ep = env.cli(&["endpoint", "list"]);
+    assert!(
+        String::from_utf8_lossy(&ep.stdout).contains("ready"),
+        "{ep:?}"
+    );
+    let bpf = env.cli(&["bpf", "policy", "get", "default/server"]);
+    let bpf_text = String::from_utf8_lossy(&bpf.stdout);
+    assert!(bpf_text.contains("server-ingress"), "{bpf_text}");
+
+    // (c) an invalid change through the manifests directory is rejected whole
+    let generation = env.status_json()["manifestsGeneration"]
+        .as_u64()
+        .unwrap_or(0);
+    write(
+        &env.manifests.join("server.yaml"),
+        &policy("server-ingress", "other").replace("toPorts:", "toPortz:"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let s = env.status_json();
+            s["manifestsGeneration"].as_u64().unwrap_or(0) > generation
+                && s["manifestsErrors"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+        }),
+        "the invalid manifest was not reported"
+    );
+    assert_eq!(env.cli(&["status"]).status.code(), Some(0));
+    assert_eq!(
+        traffic::tcp_probe(&client.netns, sip, 80, T),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Dropped
+    );
+    write(
+        &env.manifests.join("server.yaml"),
+        &policy("server-ingress", "client"),
+    );
+
+    // ... and through the API, with file:line:col
+    let bad = env.manifests.parent().expect("base").join("bad.yaml");
+    write(
+        &bad,
+        &policy("allow-other", "other").replace("port: \"80\"", "port: \"99999\""),
+    );
+    let out = env.cli(&["policy", "apply", "-f", bad.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:") && err.contains("port"), "{err}");
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Dropped
+    );
+
+    // (b) SIGKILL during traffic
+    let mut established = traffic::tcp_connect(&client.netns, sip, 80, T).expect("client connects");
+    assert_eq!(
+        traffic::echo(&mut established, b"before\n", T),
+        Outcome::Allowed
+    );
+    env.kill_agent();
+    assert_eq!(
+        traffic::echo(&mut established, b"while-down\n", T),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        traffic::tcp_probe(&client.netns, sip, 80, T),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Dropped
+    );
+    assert_eq!(
+        traffic::tcp_probe(&client.netns, sip, 81, T),
+        Outcome::Dropped
+    );
+
+    env.start_agent();
+    assert_eq!(
+        traffic::echo(&mut established, b"after\n", T),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Dropped
+    );
+    let pods = env.cli(&["pod", "list"]);
+    assert!(String::from_utf8_lossy(&pods.stdout).contains("default/server"));
+    // a change after the restart is enforced
+    let good = env.manifests.parent().expect("base").join("good.yaml");
+    write(&good, &policy("allow-other", "other"));
+    let out = env.cli(&["policy", "apply", "-f", good.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        traffic::echo(&mut established, b"still\n", T),
+        Outcome::Allowed
+    );
+    let out = env.cli(&["policy", "delete", "-f", good.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        traffic::tcp_probe(&other.netns, sip, 80, T),
+        Outcome::Dropped
+    );
+
+    let out = env.cli(&["pod", "delete", "default/other"]);
+    assert!(out.status.success(), "{out:?}");
+    env.kill_agent();
+    // with the agent gone, `status` reports it
+    assert_eq!(env.cli(&["status"]).status.code(), Some(1));
+}
