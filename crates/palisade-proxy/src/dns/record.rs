@@ -90,6 +90,11 @@ impl<T> Sink<T> {
         }
     }
 
+    /// Whether records go anywhere (else callers may skip building them).
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_some()
+    }
+
     pub fn emit(&self, r: T) {
         if let Some(f) = &self.inner {
             f(r);

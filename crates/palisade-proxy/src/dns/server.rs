@@ -767,18 +767,27 @@ async fn process(
     }
     let decision = decision?;
     let qname = msg.qname().unwrap_or(".").to_string();
+    // Labels only when someone reads the records.
+    let wanted = shared.sink.is_connected();
+    let labels = |id| {
+        if wanted {
+            labels_of(&snap, id)
+        } else {
+            Arc::from(Vec::new())
+        }
+    };
     let mut rec = DnsRecord {
         time,
         source: L7Peer::new(
             client,
             decision.source_identity,
-            labels_of(&snap, decision.source_identity),
+            labels(decision.source_identity),
             decision.source_endpoint.clone(),
         ),
         destination: L7Peer::new(
             upstream,
             decision.destination_identity,
-            labels_of(&snap, decision.destination_identity),
+            labels(decision.destination_identity),
             decision.destination_endpoint.clone(),
         ),
         transport,
