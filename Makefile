@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
-	iproute2 nftables iptables netcat-openbsd curl chromium
+	iproute2 nftables iptables netcat-openbsd curl chromium \
+	dnsmasq-base kcat
 
 .PHONY: deps build lab test fmt clippy bench
 
