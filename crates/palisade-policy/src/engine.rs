@@ -513,7 +513,16 @@ impl Engine {
             .collect()
     }
 
-    fn named_port(&self, pod: &Pod, dir: Direction, name: &str, proto: Protocol) -> Option<u16> {
+    /// Resolves a named port. Egress names are looked up in every pod, so
+    /// `egress_memo` keeps the answers of one resolution.
+    fn named_port(
+        &self,
+        pod: &Pod,
+        dir: Direction,
+        name: &str,
+        proto: Protocol,
+        egress_memo: &mut HashMap<(String, Protocol), Option<u16>>,
+    ) -> Option<u16> {
         match dir {
             Direction::Ingress => pod
                 .ports
@@ -521,6 +530,9 @@ impl Engine {
                 .find(|c| c.name.as_deref() == Some(name) && c.protocol == proto)
                 .map(|c| c.port),
             Direction::Egress => {
+                if let Some(p) = egress_memo.get(&(name.to_string(), proto)) {
+                    return *p;
+                }
                 let ports: BTreeSet<u16> = self
                     .state
                     .pods
@@ -530,14 +542,57 @@ impl Engine {
                     .map(|c| c.port)
                     .collect();
                 // A name that maps to different numbers contributes nothing.
-                (ports.len() == 1)
+                let port = (ports.len() == 1)
                     .then(|| ports.into_iter().next())
-                    .flatten()
+                    .flatten();
+                egress_memo.insert((name.to_string(), proto), port);
+                port
             }
         }
     }
 
+    /// Resolves one endpoint again from the current state, replaces its
+    /// map and returns it; `None` if the pod is not an endpoint. This is
+    /// the per-endpoint unit of work of `rebuild` (rule selection, selector
+    /// lookups, expansion over identities, entries), with the engine's
+    /// selector cache as it is.
+    pub fn resolve_endpoint(&mut self, key: &str) -> Option<&PolicyMap> {
+        let pod = self.state.pods.get(key)?.clone();
+        if !self.is_endpoint(&pod) {
+            return None;
+        }
+        let id = *self.pod_identity.get(key)?;
+        let ep = self.resolve(&pod, id);
+        self.endpoints.insert(key.to_string(), ep);
+        self.endpoints.get(key).map(|e| &e.map)
+    }
+
+    /// Resolves one endpoint's map against `cache` without changing the
+    /// engine: with a fresh `SelectorCache::new(engine.identities())` it
+    /// includes computing what every selector of its rules selects (what
+    /// benchmarks call a cold cache).
+    pub fn resolve_endpoint_in(&self, key: &str, cache: &mut SelectorCache) -> Option<PolicyMap> {
+        let pod = self.state.pods.get(key)?;
+        if !self.is_endpoint(pod) {
+            return None;
+        }
+        let id = *self.pod_identity.get(key)?;
+        Some(self.resolve_in(cache, pod, id).map)
+    }
+
     fn resolve(&mut self, pod: &Pod, id: NumericIdentity) -> ResolvedEndpoint {
+        let mut cache = std::mem::take(&mut self.cache);
+        let ep = self.resolve_in(&mut cache, pod, id);
+        self.cache = cache;
+        ep
+    }
+
+    fn resolve_in(
+        &self,
+        cache: &mut SelectorCache,
+        pod: &Pod,
+        id: NumericIdentity,
+    ) -> ResolvedEndpoint {
         let labels = self
             .identities
             .get(id)
@@ -545,6 +600,7 @@ impl Engine {
             .unwrap_or_default();
         let rules = self.selecting_rules(&labels);
         let mut filters = Vec::new();
+        let mut egress_memo = HashMap::new();
         let mut map = PolicyMap::default();
         for dir in [Direction::Ingress, Direction::Egress] {
             let selecting: Vec<&Arc<CompiledRule>> = rules
@@ -575,7 +631,7 @@ impl Engine {
                     };
                     for item in &el.l4 {
                         let (keys, verdict, l7, section) =
-                            self.l4_keys(pod, dir, item, el.deny, default_deny);
+                            self.l4_keys(pod, dir, item, el.deny, default_deny, &mut egress_memo);
                         let rule = match section {
                             Some(s) => RuleRef {
                                 policy: rule_base.policy.clone(),
@@ -590,7 +646,7 @@ impl Engine {
                             auth: if el.deny { None } else { el.auth },
                         };
                         for peer in &el.peers {
-                            let sel = self.cache.intern(peer, &self.identities);
+                            let sel = cache.intern(peer, &self.identities);
                             for (proto, port, prefix_len) in &keys {
                                 filters.push(Filter {
                                     sel,
@@ -612,9 +668,9 @@ impl Engine {
         }
         // Expand filters over the identities their selectors select.
         for f in &filters {
-            let ids: Vec<NumericIdentity> = match self.cache.get(f.sel) {
+            let ids: Vec<NumericIdentity> = match cache.get(f.sel) {
                 PeerSel::Wildcard => vec![WILDCARD],
-                _ => self.cache.selected(f.sel).iter().copied().collect(),
+                _ => cache.selected(f.sel).iter().copied().collect(),
             };
             for identity in ids {
                 let key = Key {
@@ -662,6 +718,7 @@ impl Engine {
         item: &L4Item,
         deny: bool,
         default_deny: bool,
+        egress_memo: &mut HashMap<(String, Protocol), Option<u16>>,
     ) -> (Vec<(u8, u16, u8)>, Verdict, L7Part, Option<String>) {
         let plain = if deny { Verdict::Deny } else { Verdict::Allow };
         match item {
@@ -681,7 +738,7 @@ impl Engine {
             } => {
                 let number = match port {
                     PortSpec::Number(n) => Some(*n),
-                    PortSpec::Named(name) => self.named_port(pod, dir, name, *proto),
+                    PortSpec::Named(name) => self.named_port(pod, dir, name, *proto, egress_memo),
                 };
                 // Port 0 alone is every port of the protocol; with an
                 // endPort it is the range 0..=endPort, as Cilium's

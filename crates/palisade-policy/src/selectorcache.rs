@@ -17,6 +17,8 @@ pub struct SelectorCache {
     selected: Vec<BTreeSet<NumericIdentity>>,
     /// (label key, value) → identities carrying it (any source).
     by_label: HashMap<(String, String), BTreeSet<NumericIdentity>>,
+    /// label key → identities carrying it (any source, any value).
+    by_key: HashMap<String, BTreeSet<NumericIdentity>>,
     /// (label key, value) → selectors whose requirements include it.
     sels_by_label: HashMap<(String, String), Vec<SelId>>,
     /// Selectors without an equality requirement: checked for every identity.
@@ -81,6 +83,52 @@ impl SelectorCache {
                 .entry((l.key.clone(), l.value.clone()))
                 .or_default()
                 .insert(i.id);
+            self.by_key.entry(l.key.clone()).or_default().insert(i.id);
+        }
+    }
+
+    /// The smallest set of identities that contains every identity `sel`
+    /// may select, and the other sets they must all be in (cheap
+    /// pre-filters before a full match); `None`: every identity.
+    fn candidates(
+        &self,
+        sel: &PeerSel,
+    ) -> Option<(&BTreeSet<NumericIdentity>, Vec<&BTreeSet<NumericIdentity>>)> {
+        let empty = || -> &BTreeSet<NumericIdentity> {
+            static EMPTY: BTreeSet<NumericIdentity> = BTreeSet::new();
+            &EMPTY
+        };
+        match sel {
+            PeerSel::Labels(s) => {
+                // Every equality requirement and every Exists names a set
+                // of identities a selected one must belong to.
+                let mut sets: Vec<&BTreeSet<NumericIdentity>> = s
+                    .requirements
+                    .iter()
+                    .filter_map(|r| match r.op {
+                        Operator::In if r.values.len() == 1 => {
+                            let v = r.values.iter().next()?;
+                            Some(
+                                self.by_label
+                                    .get(&(r.key.key.clone(), v.clone()))
+                                    .unwrap_or_else(empty),
+                            )
+                        }
+                        Operator::Exists => Some(self.by_key.get(&r.key.key).unwrap_or_else(empty)),
+                        _ => None,
+                    })
+                    .collect();
+                sets.sort_by_key(|s| s.len());
+                let mut sets = sets.into_iter();
+                let first = sets.next()?;
+                Some((first, sets.collect()))
+            }
+            // CIDR and FQDN identities (and world itself) carry the world
+            // label.
+            PeerSel::Cidr { .. } | PeerSel::Fqdn(_) => {
+                Some((self.by_key.get("world").unwrap_or_else(empty), vec![]))
+            }
+            PeerSel::Wildcard => None,
         }
     }
 
@@ -108,12 +156,10 @@ impl SelectorCache {
         let id = self.sels.len();
         let selected: BTreeSet<NumericIdentity> = match sel {
             PeerSel::Wildcard => BTreeSet::new(),
-            _ => match index_key(sel) {
-                Some(k) => self
-                    .by_label
-                    .get(&k)
-                    .into_iter()
-                    .flatten()
+            _ => match self.candidates(sel) {
+                Some((first, rest)) => first
+                    .iter()
+                    .filter(|i| rest.iter().all(|s| s.contains(i)))
                     .filter(|i| identities.get(**i).is_some_and(|x| peer_matches(sel, x)))
                     .copied()
                     .collect(),
@@ -158,6 +204,9 @@ impl SelectorCache {
     pub fn identity_removed(&mut self, i: &Identity) -> Vec<SelId> {
         for l in i.labels.iter() {
             if let Some(set) = self.by_label.get_mut(&(l.key.clone(), l.value.clone())) {
+                set.remove(&i.id);
+            }
+            if let Some(set) = self.by_key.get_mut(&l.key) {
                 set.remove(&i.id);
             }
         }
