@@ -32,6 +32,16 @@
 //! destination's datapath sees the real source identity, and its replies
 //! (addressed to a pod address that is not local) are caught by the
 //! `socket transparent` rule and delivered to the proxy's socket.
+//!
+//! With the eBPF datapath attached, both legs keep real addresses: the
+//! client leg is checked at the source veth's tc ingress (egress policy of
+//! the client) before netfilter's prerouting hands it to the proxy, and the
+//! upstream leg (client address, kernel-chosen port) crosses the
+//! destination veth's tc egress, where the destination's ingress policy
+//! sees the client's identity. A `Redirect` entry must therefore simply
+//! pass in tc (as `l7_proxy_redirect()` does): the steering happens here.
+//! Should the hook ever steer itself, it must skip packets marked
+//! [`UPSTREAM_MARK`] (the proxy's own connections). IPv4 only for now.
 
 use crate::config::{PROXY_MARK, PROXY_MARK_MASK, PROXY_ROUTE_TABLE, ProxyConfig, UPSTREAM_MARK};
 use crate::error::ProxyError;

@@ -37,6 +37,7 @@ pub(crate) struct Counters {
     requests_forwarded: AtomicU64,
     requests_dropped: AtomicU64,
     requests_failed: AtomicU64,
+    feed_rejected: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -51,6 +52,8 @@ pub struct Stats {
     pub requests_forwarded: u64,
     pub requests_dropped: u64,
     pub requests_failed: u64,
+    /// Feed updates rejected as invalid (the previous policy stayed).
+    pub feed_rejected: u64,
     pub open_connections: u64,
 }
 
@@ -133,6 +136,7 @@ impl Shared {
             requests_forwarded: l(&c.requests_forwarded),
             requests_dropped: l(&c.requests_dropped),
             requests_failed: l(&c.requests_failed),
+            feed_rejected: l(&c.feed_rejected),
             open_connections: l(&self.open),
         }
     }
@@ -464,6 +468,10 @@ async fn watch_feed(
         let parsed = match read {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
+                shared
+                    .counters
+                    .feed_rejected
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(target: "palisade::proxy", "feed rejected: {e}");
                 continue;
             }
@@ -475,7 +483,13 @@ async fn watch_feed(
         let sh = shared.clone();
         match tokio::task::spawn_blocking(move || sh.install(|rev| parsed.build(rev))).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(target: "palisade::proxy", "feed rejected: {e}"),
+            Ok(Err(e)) => {
+                shared
+                    .counters
+                    .feed_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(target: "palisade::proxy", "feed rejected: {e}");
+            }
             Err(e) => tracing::error!(target: "palisade::proxy", "feed build: {e}"),
         }
     }

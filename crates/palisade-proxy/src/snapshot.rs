@@ -13,7 +13,7 @@ use palisade_policy::engine::Engine;
 use palisade_policy::identity::NumericIdentity;
 use palisade_policy::l7::{HttpRequest, HttpRule, L7Request, MismatchAction};
 use palisade_policy::mapstate::{L7Part, RuleRef, Verdict};
-use palisade_policy::trace::{l7_rules_match, l7_verdict};
+use palisade_policy::trace::l7_verdict;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -277,6 +277,11 @@ impl PolicySnapshot {
             ConnVerdict::Forward | ConnVerdict::Http => {}
         }
         let l7req = L7Request::Http(req.clone());
+        let upgrade_requested = req.method.eq_ignore_ascii_case("CONNECT")
+            || req
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
         let mut explanations = Vec::new();
         for c in &plan.checks {
             if c.verdict != Some(Verdict::Redirect(L7Kind::Http)) {
@@ -310,25 +315,34 @@ impl PolicySnapshot {
                 return out;
             }
             out.rules.extend(v.rules);
+            // A second look at the rules only when the request asks for an
+            // upgrade or some rule rewrites headers (the common case costs
+            // one matcher pass, inside `l7_verdict`).
             let mut upgrade = false;
             for contribution in map.l7_contributions(c.remote_identity, c.direction, TCP, port) {
-                match &contribution.l7 {
-                    L7Part::AllowAll => upgrade = true,
-                    L7Part::Rules(rules) => {
-                        if !l7_rules_match(rules, &l7req) {
-                            continue;
-                        }
-                        let L7Rules::Http(rs) = rules.as_ref() else {
-                            continue;
-                        };
-                        if rs.is_empty() {
-                            upgrade = true;
-                        }
-                        for r in rs.iter().filter(|r| r.matches(req)) {
-                            upgrade |= names_upgrade(r);
-                            collect_rewrites(r, req, &mut out.rewrites);
-                        }
+                let rs = match &contribution.l7 {
+                    L7Part::AllowAll => {
+                        upgrade = true;
+                        continue;
                     }
+                    L7Part::Rules(rules) => match rules.as_ref() {
+                        L7Rules::Http(rs) => rs,
+                        _ => continue,
+                    },
+                };
+                if rs.is_empty() {
+                    upgrade = true;
+                    continue;
+                }
+                let rewrites = rs
+                    .iter()
+                    .any(|r| r.header_matches.iter().any(|h| h.mismatch.is_some()));
+                if !rewrites && !upgrade_requested {
+                    continue;
+                }
+                for r in rs.iter().filter(|r| r.matches(req)) {
+                    upgrade |= names_upgrade(r);
+                    collect_rewrites(r, req, &mut out.rewrites);
                 }
             }
             out.upgrade_allowed &= upgrade;

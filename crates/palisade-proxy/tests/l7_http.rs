@@ -382,3 +382,77 @@ fn slow_clients_do_not_starve_others() {
     let mut again = RawClient::connect(&slow_ns, ip, 80).expect("connect");
     assert_eq!(again.request("GET", "/path1", &[]).expect("ok").status, 200);
 }
+
+/// The agent's feed file: endpoint addresses override the manifests',
+/// updates apply to open connections, invalid updates are rejected whole.
+#[test]
+fn feed_file_updates_and_rejections() {
+    use palisade_proxy::{FeedEndpoint, PolicyFeed};
+    let dir = std::env::temp_dir().join(format!("palisade-proxy-feed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("feed.json");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    // the manifests keep their 10.0.x addresses; the feed's endpoints say
+    // where the pods really are (as the agent's IPAM would)
+    let original = manifests();
+    let pod_ip = |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(100, 64, 0, 2 + i as u8));
+    let feed = |text: &str| PolicyFeed {
+        revision: Some(1),
+        local_node: None,
+        endpoints: vec![
+            FeedEndpoint {
+                pod: "default/other".into(),
+                ips: vec![pod_ip(1)],
+                netns: None,
+            },
+            FeedEndpoint {
+                pod: "default/myservice".into(),
+                ips: vec![pod_ip(4)],
+                netns: None,
+            },
+        ],
+        manifests: vec![text.to_string()],
+        options: Default::default(),
+    };
+    feed(&original).write_atomically(&path).expect("write feed");
+    let mut lab = Lab::with_feed(
+        &["other", "myservice"],
+        ProxyConfig::default(),
+        path.clone(),
+    );
+    assert_eq!(lab.ip("myservice").octets()[3], 6, "pod slots changed");
+    lab.serve("myservice", 80);
+    let ns = lab.pod("other").netns.clone();
+    let mut c = RawClient::connect(&ns, lab.ip("myservice"), 80).expect("connect");
+    assert_eq!(c.request("GET", "/path1", &[]).expect("r").status, 200);
+    assert_eq!(c.request("GET", "/path3", &[]).expect("r").status, 403);
+
+    let r0 = lab.proxy().revision();
+    feed(&original.replace("path: \"/path1$\"", "path: \"/path3$\""))
+        .write_atomically(&path)
+        .expect("write feed");
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .proxy()
+        .revision()
+        > r0));
+    assert_eq!(c.request("GET", "/path1", &[]).expect("r").status, 403);
+    assert_eq!(c.request("GET", "/path3", &[]).expect("r").status, 200);
+
+    let r1 = lab.proxy().revision();
+    feed(&(original.clone() + "\n---\nkind: CiliumNetworkPolicy\nspec: [unbalanced\n"))
+        .write_atomically(&path)
+        .expect("write feed");
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .proxy()
+        .stats()
+        .feed_rejected
+        == 1));
+    assert_eq!(lab.proxy().revision(), r1);
+    assert_eq!(c.request("GET", "/path3", &[]).expect("r").status, 200);
+}

@@ -60,6 +60,21 @@ impl Lab {
     /// Creates the named pods (from `MANIFEST_PODS`) and a proxy enforcing
     /// `manifests` (whose `10.0.x.y` addresses are rewritten).
     pub fn new(pods: &[&str], manifests: &str, config: ProxyConfig) -> Lab {
+        Lab::build(pods, manifests, config, None)
+    }
+
+    /// Like `new`, but the proxy reads its policy from a feed file (written
+    /// by the caller, polled every 20 ms) instead of an initial snapshot.
+    pub fn with_feed(pods: &[&str], config: ProxyConfig, feed: std::path::PathBuf) -> Lab {
+        Lab::build(pods, &manifests(), config, Some(feed))
+    }
+
+    fn build(
+        pods: &[&str],
+        manifests: &str,
+        config: ProxyConfig,
+        feed_file: Option<std::path::PathBuf>,
+    ) -> Lab {
         init_tracing();
         let mut env = TestEnv::new().expect("node namespace");
         let mut created = BTreeMap::new();
@@ -77,6 +92,10 @@ impl Lab {
             ..Default::default()
         };
         let snapshot = feed.build(1).expect("manifests are valid");
+        let (initial, feed_source) = match feed_file {
+            Some(path) => (None, Some(palisade_proxy::FeedSource::File(path))),
+            None => (Some(snapshot), None),
+        };
         let (tx, rx) = mpsc::channel();
         let tx = std::sync::Mutex::new(tx);
         let sink = RecordSink::callback(move |r| {
@@ -89,7 +108,9 @@ impl Lab {
             netns: Some(env.node.clone()),
             workers: Some(2),
             sink,
-            initial: Some(snapshot),
+            initial,
+            feed: feed_source,
+            feed_poll: Some(Duration::from_millis(20)),
             ..Default::default()
         })
         .expect("proxy starts");
