@@ -16,7 +16,7 @@ fn out_dir() -> PathBuf {
     d
 }
 
-fn chromium(args: &[&str], profile: &PathBuf) -> std::process::Output {
+fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
     Command::new("chromium")
         .args([
             "--headless",
