@@ -23,6 +23,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Validate, inspect, explain and test policies offline (no agent needed).
     #[command(subcommand)]
@@ -51,6 +52,8 @@ enum Command {
     /// Inspect what the DNS proxy learned (the FQDN cache).
     #[command(subcommand)]
     Fqdn(cmd::fqdn::FqdnCommand),
+    /// The service map of recorded flows: a page with workloads, connections coloured by verdict and a flow table.
+    Servicemap(cmd::servicemap::ServiceMapArgs),
 }
 
 /// Agent options that change what is valid, as in Cilium's agent flags.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Observe(a) => cmd::run_observe(a),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Fqdn(c) => cmd::fqdn::run(c),
+        Command::Servicemap(a) => cmd::servicemap::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,11 +6,13 @@ pub mod bpf;
 pub mod endpoint;
 mod explain;
 pub mod fqdn;
+mod impact;
 pub mod lab;
 pub mod live;
 pub mod observe;
 pub mod pod;
 pub mod proxy;
+pub mod servicemap;
 pub mod status;
 mod validate;
 
@@ -140,6 +142,22 @@ Examples:\n  palisade policy validate policies/\n  palisade policy validate -o j
         #[command(flatten)]
         features: FeatureArgs,
     },
+    /// Replay recorded flows against candidate policies: what would be newly dropped or allowed.
+    #[command(
+        after_help = "Flows are Hubble JSON (jsonpb lines from `palisade observe -o jsonpb` or `hubble observe -o jsonpb`).\nPolicies with the annotation palisade.io/audit: \"true\" (or in a namespace labelled palisade.io/audit=true) are in audit mode.\nExit status: 0 nothing newly dropped, 1 something would be newly dropped, 2 invalid input.\n\nExample:\n  palisade policy impact -f cluster.yaml -f new-policies/ --flows flows.json"
+    )]
+    Impact {
+        /// Cluster state and the candidate policy set.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Recorded flows (JSON lines or array); `-` for stdin.
+        #[arg(long)]
+        flows: String,
+        #[arg(short, long, value_enum, default_value_t = explain::OutFormat::Text)]
+        output: explain::OutFormat,
+        #[command(flatten)]
+        features: FeatureArgs,
+    },
     /// Print one endpoint's resolved policy map, like `cilium bpf policy get`.
     #[command(
         after_help = "Example:\n  palisade policy map -f cluster.yaml -f policies/ default/backend"
@@ -214,6 +232,12 @@ pub fn run_policy(c: PolicyCommand) -> anyhow::Result<ExitCode> {
             port,
             features,
         } => explain::connectivity(&files, &port, &features.options()),
+        PolicyCommand::Impact {
+            files,
+            flows,
+            output,
+            features,
+        } => impact::impact(&files, &flows, output, &features.options()),
         PolicyCommand::Map {
             files,
             pod,
