@@ -77,6 +77,13 @@ impl FeatureArgs {
 }
 
 fn main() -> ExitCode {
+    // Exit quietly when the reader of our output goes away (`| head`),
+    // as command-line tools do, instead of panicking on a broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any
+    // thread starts has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(c) => cmd::run_policy(c),

@@ -276,7 +276,37 @@ pub fn map(files: &[PathBuf], pod: &str, format: OutFormat, opts: &Options) -> R
         .ok_or_else(|| anyhow!("{pod} is not an endpoint (a pod in the manifests)"))?;
     let id = engine.endpoint_identity(pod).unwrap_or(0);
     if format == OutFormat::Json {
-        println!("{}", serde_json::to_string_pretty(m)?);
+        let entries: Vec<serde_json::Value> = m
+            .entries
+            .iter()
+            .map(|(k, e)| {
+                let labels = engine
+                    .identities()
+                    .get(k.identity)
+                    .map(|i| i.labels.to_string());
+                serde_json::json!({
+                    "identity": k.identity,
+                    "labels": labels,
+                    "direction": k.direction,
+                    "port": k.port_text(),
+                    "protocol": k.proto,
+                    "prefixLen": k.prefix_len,
+                    "verdict": e.verdict,
+                    "precedence": e.precedence,
+                    "authType": e.auth_type,
+                    "cookie": e.cookie(),
+                    "derivedFrom": e.derived_from.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "endpoint": pod,
+            "identity": id,
+            "ingress": m.ingress,
+            "egress": m.egress,
+            "entries": entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("Endpoint {pod}  identity {id}");

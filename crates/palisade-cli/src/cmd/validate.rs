@@ -93,16 +93,86 @@ pub fn get(paths: &[PathBuf], format: GetFormat, opts: &Options) -> Result<ExitC
         );
     }
     match format {
-        GetFormat::Json => println!("{}", serde_json::to_string_pretty(&policies)?),
+        GetFormat::Json => {
+            let all: Vec<serde_json::Value> =
+                policies.iter().map(understood).collect::<Result<_>>()?;
+            println!("{}", serde_json::to_string_pretty(&all)?)
+        }
         GetFormat::Yaml => {
             for p in &policies {
                 println!("---");
-                print!(
-                    "{}",
-                    palisade_policy::manifest::to_yaml(&serde_json::to_value(p)?)
-                );
+                print!("{}", palisade_policy::manifest::to_yaml(&understood(p)?));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A policy as written (with defaults explicit) plus its effective form:
+/// the subject and peer selectors after Cilium's namespace and cluster
+/// scoping, entities expanded, L4 keys the engine will use.
+fn understood(p: &palisade_policy::api::Policy) -> Result<serde_json::Value> {
+    use palisade_policy::repository::{L4Item, compile_policy};
+    let mut v = serde_json::to_value(p)?;
+    let compiled = compile_policy(p, &palisade_policy::cluster::ClusterState::default());
+    let effective: Vec<serde_json::Value> = compiled
+        .iter()
+        .zip(&p.rules)
+        .map(|(c, r)| {
+            let elements: Vec<serde_json::Value> = c
+                .elements
+                .iter()
+                .map(|e| {
+                    let ports: Vec<String> = e
+                        .l4
+                        .iter()
+                        .map(|l| match l {
+                            L4Item::Any => "ANY".to_string(),
+                            L4Item::Port {
+                                proto,
+                                port,
+                                end_port,
+                                l7,
+                                ..
+                            } => {
+                                let port = match port {
+                                    palisade_policy::api::PortSpec::Number(0) => "0".to_string(),
+                                    palisade_policy::api::PortSpec::Number(n) => match end_port {
+                                        Some(e) => format!("{n}-{e}"),
+                                        None => n.to_string(),
+                                    },
+                                    palisade_policy::api::PortSpec::Named(n) => n.clone(),
+                                };
+                                match l7 {
+                                    Some(r) => format!("{port}/{proto} (L7 {})", r.kind().as_str()),
+                                    None => format!("{port}/{proto}"),
+                                }
+                            }
+                            L4Item::Icmp { proto, icmp_type } => {
+                                format!("{proto} type {icmp_type}")
+                            }
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "section": e.section,
+                        "direction": e.direction,
+                        "verdict": if e.deny { "deny" } else { "allow" },
+                        "peers": e.peers.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                        "ports": ports,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "section": r.section,
+                "subject": c.subject.to_string(),
+                "defaultDeny": r.default_deny,
+                "elements": elements,
+                "warnings": c.warnings,
+            })
+        })
+        .collect();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("effective".into(), serde_json::Value::Array(effective));
+    }
+    Ok(v)
 }
