@@ -8,7 +8,7 @@
 //! the last good state.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,7 @@ use crate::api::{
 };
 use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
+use crate::flows::{FlowHub, PeerBook};
 use crate::ipam::Ipam;
 use crate::pods::{self, PodRecord};
 use crate::reconcile::{self, EndpointRuntime, EndpointStatus};
@@ -39,7 +40,10 @@ const EVENT_LOG_CAPACITY: usize = 20_000;
 
 /// Everything mutable, behind one lock.
 struct State {
+    /// What the datapath enforces (audited policies left out).
     engine: Engine,
+    /// Every policy, audited ones included (`None`: nothing is audited).
+    full: Option<Engine>,
     datapath: Datapath,
     dir_objects: Vec<Sourced>,
     dir_fingerprint: Fingerprint,
@@ -60,6 +64,8 @@ struct Attribution {
     cookies: BTreeMap<u32, RuleRef>,
     /// ep_id -> (pod key, ingress selected_by, egress selected_by)
     endpoints: BTreeMap<u32, (String, String, String)>,
+    /// Peers, identities and selecting policies for flows.
+    book: PeerBook,
 }
 
 #[derive(Default)]
@@ -73,6 +79,7 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     attribution: RwLock<Attribution>,
     events: Mutex<EventLog>,
+    flows: Arc<FlowHub>,
     stop: AtomicBool,
 }
 
@@ -81,6 +88,7 @@ pub(crate) struct Shared {
 pub struct Agent {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    web_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -128,7 +136,7 @@ fn build_engine(
     dir: &[Sourced],
     api: &[Sourced],
     pods: &BTreeMap<String, PodRecord>,
-) -> Engine {
+) -> (Engine, Option<Engine>) {
     let mut objects: Vec<Object> = Vec::new();
     let namespaces: BTreeSet<&str> = pods.values().map(|p| p.namespace.as_str()).collect();
     for ns in namespaces {
@@ -153,10 +161,39 @@ fn build_engine(
         let pod = rec.to_pod(&cfg.node_name, declared.get(&rec.key()));
         objects.push(Object::Pod(pod));
     }
-    let mut engine = Engine::new();
-    engine.set_local_node(Some(cfg.node_name.clone()));
-    engine.apply_all(objects);
-    engine
+    // Audit mode: the datapath enforces the set without audited policies;
+    // the full set is kept to report what it would deny.
+    let namespaces: BTreeMap<String, Namespace> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Namespace(n) => Some((n.name.clone(), n.clone())),
+            _ => None,
+        })
+        .collect();
+    let audited: Vec<palisade_policy::api::PolicyId> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Policy(p) if palisade_policy::audit::is_audited(p, &namespaces) => {
+                Some(p.id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let make = |objects: Vec<Object>| {
+        let mut engine = Engine::new();
+        engine.set_local_node(Some(cfg.node_name.clone()));
+        engine.apply_all(objects);
+        engine
+    };
+    if audited.is_empty() {
+        return (make(objects), None);
+    }
+    let enforced: Vec<Object> = objects
+        .iter()
+        .filter(|o| !matches!(o, Object::Policy(p) if audited.contains(&p.id)))
+        .cloned()
+        .collect();
+    (make(enforced), Some(make(objects)))
 }
 
 fn mac(prefix: u8, ep_id: u32) -> [u8; 6] {
@@ -227,9 +264,20 @@ impl Agent {
             pods.insert(rec.key(), rec);
         }
 
-        let engine = build_engine(&config, &dir_objects, &api_objects, &pods);
+        let config_ring_capacity = config.flow_ring_capacity;
+        let node_name = config.node_name.clone();
+        let web_listener =
+            match config.web_listen {
+                Some(addr) => Some(crate::flows::bind_web(addr).map_err(|e| {
+                    AgentError::io(format!("binding the web endpoints on {addr}"), e)
+                })?),
+                None => None,
+            };
+        let web_addr = web_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let (engine, full) = build_engine(&config, &dir_objects, &api_objects, &pods);
         let state = State {
             engine,
+            full,
             datapath,
             dir_objects,
             dir_fingerprint,
@@ -248,6 +296,7 @@ impl Agent {
             state: Mutex::new(state),
             attribution: RwLock::new(Attribution::default()),
             events: Mutex::new(EventLog::default()),
+            flows: Arc::new(FlowHub::new(config_ring_capacity, &node_name)),
             stop: AtomicBool::new(false),
         });
         {
@@ -257,7 +306,14 @@ impl Agent {
         let mut agent = Agent {
             shared: shared.clone(),
             threads: Vec::new(),
+            web_addr,
         };
+        if let Some(listener) = web_listener {
+            let hub = shared.flows.clone();
+            agent.spawn("web", move |s| {
+                crate::flows::serve_web(listener, hub, move || s.stopped())
+            });
+        }
         agent.spawn("events", move |s| s.event_loop(reader));
         agent.spawn("ct-gc", |s| s.gc_loop());
         if shared.config.manifests_dir.is_some() {
@@ -290,6 +346,17 @@ impl Agent {
     /// The configuration.
     pub fn config(&self) -> &AgentConfig {
         &self.shared.config
+    }
+
+    /// Where the web endpoints (service map, `/api/flows`, `/metrics`)
+    /// listen, if they do.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// The ring of recent flows and the metrics.
+    pub fn flows(&self) -> &FlowHub {
+        &self.shared.flows
     }
 
     /// Handles one API request (what the socket server calls).
@@ -520,6 +587,11 @@ impl Shared {
         st.reconciliations += 1;
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
+        attr.book = PeerBook::build(
+            &st.engine,
+            st.full.as_ref(),
+            st.pods.values().map(|r| (r.key(), r.ip, r.ep_id)),
+        );
         attr.endpoints.clear();
         for rec in st.pods.values() {
             let sel = |d: palisade_policy::api::Direction| {
@@ -547,7 +619,9 @@ impl Shared {
     }
 
     fn rebuild_and_reconcile(&self, st: &mut State) {
-        st.engine = build_engine(&self.config, &st.dir_objects, &st.api_objects, &st.pods);
+        let (engine, full) = build_engine(&self.config, &st.dir_objects, &st.api_objects, &st.pods);
+        st.engine = engine;
+        st.full = full;
         self.reconcile_locked(st);
     }
 
@@ -740,6 +814,18 @@ impl Shared {
     }
 
     fn record_event(&self, ev: &DatapathEvent) {
+        {
+            let attr = self.attribution.read().unwrap_or_else(|p| p.into_inner());
+            let ve = attr.book.verdict_event(
+                ev,
+                &attr.cookies,
+                &self.config.node_name,
+                crate::flows::wall_ns(ev.timestamp_ns),
+            );
+            drop(attr);
+            self.flows
+                .push(palisade_flow::record::flow_from_verdict(&ve));
+        }
         let (endpoint, rule) = self.attribute(ev);
         if ev.verdict == DpVerdict::Dropped {
             tracing::debug!(%endpoint, src = %ev.saddr, dst = %ev.daddr, dport = ev.dport, reason = ev.drop_reason, %rule, "drop");
@@ -1091,6 +1177,7 @@ impl Shared {
             Request::PodList => Response::ok(&self.pod_list()),
             Request::PodNetns { pod } => reply(self.netns_of(&pod)),
             Request::Events { since } => Response::ok(&self.events_since(since)),
+            Request::Flows { since, last } => Response::ok(&self.flows.page(since, last)),
         }
     }
 

@@ -12,7 +12,7 @@
 //! Operations (`op`): `status`, `endpoint-list`, `bpf-policy-get {pod}`,
 //! `policy-apply {files}`, `policy-delete {files}`, `pod-run {namespace, name,
 //! labels, ports, ip?, serviceAccount?}`, `pod-delete {pod}`, `pod-list`,
-//! `pod-netns {pod}`, `events {since}`.
+//! `pod-netns {pod}`, `events {since}`, `flows {since?, last?}`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -130,6 +130,17 @@ pub enum Request {
         /// Last sequence number seen (0: all kept).
         #[serde(default)]
         since: u64,
+    },
+    /// Hubble-shaped flows from the ring: from sequence `since` on (a
+    /// `lost_events` record first if some were overwritten), else the last
+    /// `last` (all when absent). The result carries `next` for polling.
+    Flows {
+        /// First sequence number wanted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// At most this many (the most recent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<usize>,
     },
 }
 

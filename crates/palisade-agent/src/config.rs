@@ -108,6 +108,11 @@ pub struct AgentConfig {
     pub gc_interval: Duration,
     /// Feature flags that change what is valid.
     pub options: palisade_policy::manifest::Options,
+    /// Where the flow web endpoints listen (`None`: not served). The
+    /// `palisade agent` command defaults to loopback port 9962.
+    pub web_listen: Option<std::net::SocketAddr>,
+    /// Capacity of the ring of recent flows.
+    pub flow_ring_capacity: usize,
 }
 
 fn hostname() -> String {
@@ -137,6 +142,8 @@ impl Default for AgentConfig {
             watch_interval: Duration::from_millis(200),
             gc_interval: Duration::from_secs(5),
             options: Default::default(),
+            web_listen: None,
+            flow_ring_capacity: crate::flows::DEFAULT_FLOW_RING_CAPACITY,
         }
     }
 }
@@ -156,6 +163,8 @@ impl Default for AgentConfig {
 /// gcIntervalSeconds: 5
 /// enableNodeSelectorLabels: false
 /// enableExtendedIpProtocols: false
+/// webListen: 127.0.0.1:9962
+/// flowRingCapacity: 65536
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -185,6 +194,10 @@ pub struct ConfigFile {
     pub enable_node_selector_labels: Option<bool>,
     /// Feature flag.
     pub enable_extended_ip_protocols: Option<bool>,
+    /// Web endpoints address.
+    pub web_listen: Option<String>,
+    /// Flow ring capacity.
+    pub flow_ring_capacity: Option<usize>,
 }
 
 impl AgentConfig {
@@ -235,6 +248,15 @@ impl AgentConfig {
         }
         if let Some(v) = f.enable_extended_ip_protocols {
             self.options.enable_extended_ip_protocols = v;
+        }
+        if let Some(v) = f.web_listen {
+            self.web_listen = Some(v.parse().map_err(|_| AgentError::Format {
+                context: format!("config {}", path.display()),
+                message: format!("webListen {v:?} is not ADDRESS:PORT"),
+            })?);
+        }
+        if let Some(v) = f.flow_ring_capacity {
+            self.flow_ring_capacity = v.max(1);
         }
         Ok(self)
     }

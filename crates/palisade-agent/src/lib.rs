@@ -8,6 +8,8 @@
 //! - [`agent`]: the [`Agent`] that ties them together, with its threads
 //!   (manifest watcher, conntrack GC, event reader, API server);
 //! - [`api`]: the JSON-lines protocol over the unix socket and its [`api::Client`];
+//! - [`flows`]: datapath events as Hubble flows (ring, metrics, audit),
+//!   and the web endpoints (service map, `/api/flows`, `/metrics`);
 //! - [`traffic`]: real connections (TCP, UDP, ICMP) and servers inside
 //!   namespaces, for the lab and the tests.
 //!
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod flows;
 pub mod ipam;
 pub mod pods;
 pub mod reconcile;

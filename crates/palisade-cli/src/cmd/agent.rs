@@ -44,6 +44,10 @@ pub struct AgentArgs {
     /// Pod CIDR of this node (the node address is its first address).
     #[arg(long)]
     pub pod_cidr: Option<String>,
+    /// Address of the flow web endpoints: service map (/), /api/flows,
+    /// /metrics. Default 127.0.0.1:9962 (loopback only); `off` disables them.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub web_listen: Option<String>,
 }
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -77,10 +81,23 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         cfg.pod_cidr = PodCidr::parse(&v)?;
         cfg.node_address = cfg.pod_cidr.gateway();
     }
+    match a.web_listen.as_deref() {
+        Some("off") => cfg.web_listen = None,
+        Some(v) => {
+            cfg.web_listen = Some(
+                v.parse()
+                    .with_context(|| format!("--web-listen {v:?}: use ADDRESS:PORT or off"))?,
+            )
+        }
+        None if cfg.web_listen.is_none() => {
+            cfg.web_listen = palisade_agent::flows::DEFAULT_WEB_LISTEN.parse().ok()
+        }
+        None => {}
+    }
     live::install_stop_signals();
     let agent = Agent::start(cfg).context("starting the agent")?;
     eprintln!(
-        "palisade agent running: node {} (netns {}), API {}",
+        "palisade agent running: node {} (netns {}), API {}, flows web {}",
         agent.config().node_name,
         agent.config().node_netns,
         agent
@@ -88,7 +105,11 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             .socket
             .as_ref()
             .map(|s| s.display().to_string())
-            .unwrap_or_else(|| "-".into())
+            .unwrap_or_else(|| "-".into()),
+        agent
+            .web_addr()
+            .map(|a| format!("http://{a}/"))
+            .unwrap_or_else(|| "off".into())
     );
     while !live::stopping() {
         std::thread::sleep(Duration::from_millis(100));

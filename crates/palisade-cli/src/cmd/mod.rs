@@ -252,6 +252,8 @@ pub fn run_policy(c: PolicyCommand) -> anyhow::Result<ExitCode> {
 /// `--not` applies to the flag that follows it.
 #[derive(clap::Args)]
 pub struct ObserveArgs {
+    #[command(flatten)]
+    pub socket: live::SocketArg,
     /// Read flows from a JSON file (Hubble jsonpb lines, bare Flow lines, or a JSON array); `-` for stdin.
     #[arg(long)]
     pub input_file: Option<String>,
@@ -363,8 +365,14 @@ pub fn run_observe(a: ObserveArgs) -> anyhow::Result<ExitCode> {
     let raw: Vec<String> = std::env::args().skip(2).collect();
     match &a.input_file {
         Some(path) => observe::run_offline(path, &raw, a.last, a.since, a.until, &a.output),
-        None => anyhow::bail!(
-            "live flows come from the agent: start `palisade agent`, or read a file with --input-file (flows from the agent are not wired to observe yet)"
+        None => observe::run_live(
+            &a.socket.client(),
+            &raw,
+            a.last,
+            a.since,
+            a.until,
+            &a.output,
+            a.follow,
         ),
     }
 }

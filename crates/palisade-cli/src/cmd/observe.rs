@@ -373,3 +373,61 @@ pub fn run_offline(
     print_flows(&flows, &filters, &sel, format)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// Reads flows from the live agent (`{"op":"flows"}` on its socket); with
+/// `--follow`, keeps polling from the last sequence number seen.
+pub fn run_live(
+    client: &palisade_agent::Client,
+    raw_args: &[String],
+    last: Option<usize>,
+    since: Option<String>,
+    until: Option<String>,
+    output: &str,
+    follow: bool,
+) -> Result<ExitCode> {
+    use palisade_agent::Request;
+    use palisade_agent::flows::FlowsPage;
+    let format =
+        Format::parse(output).ok_or_else(|| anyhow!("-o: use compact, json, jsonpb or table"))?;
+    let filters = build_filters(raw_args)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut sel = Selection {
+        last,
+        since: since.map(|s| parse_time(&s, now)).transpose()?,
+        until: until.map(|s| parse_time(&s, now)).transpose()?,
+    };
+    let fetch = |since: Option<u64>| -> Result<FlowsPage> {
+        client
+            .request(&Request::Flows { since, last: None })
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let page = fetch(None)?;
+    // Without --follow and without --last, Hubble prints everything kept.
+    print_flows(&page.flows, &filters, &sel, format)?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::live::install_stop_signals();
+    sel.last = None;
+    let mut next = page.next;
+    while !super::live::stopping() {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let page = fetch(Some(next))?;
+        next = page.next;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for r in page.flows.iter().filter(|r| {
+            r.lost_events.is_some()
+                || r.flow
+                    .as_ref()
+                    .is_some_and(|f| filters.matches(f) && in_window(f, &sel))
+        }) {
+            writeln!(out, "{}", render(r, format))?;
+        }
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,415 @@
+//! Flows from the datapath: every policy verdict and drop event the agent
+//! reads becomes a Hubble-shaped flow (peers with pod, labels and identity
+//! from the engine; attribution from the cookie table, or the selecting
+//! policies for default deny), kept in a bounded [`FlowRing`] and counted in
+//! [`Metrics`]. Overwritten flows are counted too (never silent).
+//!
+//! Audit mode: the datapath enforces the policy set without audited
+//! policies; a new connection the datapath forwards but the full policy set
+//! denies becomes an `AUDIT` flow.
+//!
+//! The web endpoints of `palisade_flow::web` (service map, `/api/flows`,
+//! `/metrics`) are served from here on a TCP address (loopback by default).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_datapath::{DatapathEvent, Direction as DpDirection, Verdict as DpVerdict};
+use palisade_flow::flow::{Flow, FlowType, FlowsResponse, Verdict};
+use palisade_flow::metrics::{DropLabels, FlowLabels, Metrics, SourceLabels};
+use palisade_flow::record::{Attribution, Peer, VerdictEvent};
+use palisade_flow::ring::FlowRing;
+use palisade_flow::web::FlowSource;
+use palisade_policy::api::{Direction, PolicyId};
+use palisade_policy::engine::Engine;
+use palisade_policy::mapstate::{PolicyMap, RuleRef};
+use serde::{Deserialize, Serialize};
+
+/// Default capacity of the ring of recent flows.
+pub const DEFAULT_FLOW_RING_CAPACITY: usize = 65_536;
+/// Default address of the web endpoints (loopback only).
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:9962";
+
+/// The ring of recent flows and the metrics, shared by the event reader,
+/// the API and the web server.
+pub struct FlowHub {
+    ring: Mutex<FlowRing>,
+    metrics: Metrics,
+    title: String,
+}
+
+impl std::fmt::Debug for FlowHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowHub").finish_non_exhaustive()
+    }
+}
+
+/// A page of flows (`{"op":"flows"}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowsPage {
+    /// Flows (and `lost_events` records when the reader fell behind), oldest first.
+    pub flows: Vec<FlowsResponse>,
+    /// The sequence number to ask for next (`since`).
+    pub next: u64,
+    /// Flows overwritten in the ring since the agent started.
+    pub overwritten: u64,
+}
+
+impl FlowHub {
+    /// A hub with a ring of `capacity` flows.
+    pub fn new(capacity: usize, node_name: &str) -> Self {
+        FlowHub {
+            ring: Mutex::new(FlowRing::new(capacity)),
+            metrics: Metrics::new(),
+            title: format!("Palisade service map: node {node_name}"),
+        }
+    }
+
+    /// The metrics (for counters kept elsewhere in the agent).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts and keeps one flow.
+    pub fn push(&self, flow: Flow) {
+        let ty = match flow.flow_type {
+            FlowType::L7 => "L7",
+            FlowType::L3L4 => "L3_L4",
+            _ => "UNKNOWN",
+        };
+        self.metrics
+            .flows
+            .get_or_create(&FlowLabels {
+                verdict: flow.verdict.as_str().into(),
+                r#type: ty.into(),
+            })
+            .inc();
+        if flow.verdict == Verdict::Dropped {
+            self.metrics
+                .drops
+                .get_or_create(&DropLabels {
+                    reason: flow.drop_reason_desc.clone(),
+                    direction: format!("{:?}", flow.traffic_direction).to_ascii_uppercase(),
+                })
+                .inc();
+        }
+        let resp = FlowsResponse {
+            node_name: flow.node_name.clone(),
+            time: flow.time.clone(),
+            flow: Some(flow),
+            ..Default::default()
+        };
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let before = ring.overwritten();
+        ring.push(resp);
+        if ring.overwritten() > before {
+            self.metrics
+                .lost_events
+                .get_or_create(&SourceLabels {
+                    source: "HUBBLE_RING_BUFFER".into(),
+                })
+                .inc();
+        }
+    }
+
+    /// Flows from sequence `since` on (a `lost_events` record first when
+    /// some were overwritten), or the last `last` flows when `since` is
+    /// `None`.
+    pub fn page(&self, since: Option<u64>, last: Option<usize>) -> FlowsPage {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut flows, next) = match since {
+            Some(s) => ring.since(s),
+            None => (ring.last(last.unwrap_or(usize::MAX)), ring.next_seq()),
+        };
+        if let (Some(_), Some(n)) = (since, last) {
+            let skip = flows.len().saturating_sub(n);
+            flows.drain(..skip);
+        }
+        FlowsPage {
+            flows,
+            next,
+            overwritten: ring.overwritten(),
+        }
+    }
+}
+
+impl FlowSource for FlowHub {
+    fn flows(&self) -> Vec<FlowsResponse> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.last(usize::MAX)
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
+    fn title(&self) -> String {
+        self.title.clone()
+    }
+}
+
+/// What the agent knows about a local pod, for flow peers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PodPeer {
+    pub namespace: String,
+    pub name: String,
+    pub ep_id: u32,
+}
+
+/// The tables that turn datapath events into attributed flows; rebuilt on
+/// every reconciliation.
+#[derive(Default)]
+pub(crate) struct PeerBook {
+    pub pods_by_ip: BTreeMap<Ipv4Addr, PodPeer>,
+    pub identity_labels: BTreeMap<u32, Vec<String>>,
+    /// ep_id -> (ingress, egress) selecting policies.
+    pub selected_by: BTreeMap<u32, (Vec<PolicyId>, Vec<PolicyId>)>,
+    /// ep_id -> the endpoint's map in the full view (audit mode only:
+    /// present when some policy is audited).
+    pub audit_maps: BTreeMap<u32, PolicyMap>,
+}
+
+fn label_strings(engine: &Engine, id: u32) -> Vec<String> {
+    engine
+        .identities()
+        .get(id)
+        .map(|i| {
+            i.labels
+                .iter()
+                .map(|l| l.to_string())
+                .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl PeerBook {
+    /// Builds the tables from the enforced engine (and the full engine in
+    /// audit mode) for the local pods `(key, ip, ep_id)`.
+    pub fn build(
+        engine: &Engine,
+        full: Option<&Engine>,
+        pods: impl Iterator<Item = (String, Ipv4Addr, u32)>,
+    ) -> Self {
+        let mut book = PeerBook::default();
+        for i in engine.identities().iter() {
+            book.identity_labels
+                .insert(i.id, label_strings(engine, i.id));
+        }
+        for (key, ip, ep_id) in pods {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key.as_str()));
+            book.pods_by_ip.insert(
+                ip,
+                PodPeer {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    ep_id,
+                },
+            );
+            let sel = |m: Option<&PolicyMap>, d: Direction| {
+                m.map(|m| m.enforcement(d).selected_by.iter().cloned().collect())
+                    .unwrap_or_default()
+            };
+            let map = engine.endpoint_map(&key);
+            book.selected_by.insert(
+                ep_id,
+                (sel(map, Direction::Ingress), sel(map, Direction::Egress)),
+            );
+            if let Some(m) = full.and_then(|f| f.endpoint_map(&key)) {
+                book.audit_maps.insert(ep_id, m.clone());
+            }
+        }
+        book
+    }
+
+    fn peer(&self, ip: Ipv4Addr, port: u16, identity: u32) -> Peer {
+        let pod = self.pods_by_ip.get(&ip);
+        Peer {
+            ip: Some(IpAddr::V4(ip)),
+            port,
+            identity,
+            labels: self
+                .identity_labels
+                .get(&identity)
+                .cloned()
+                .unwrap_or_default(),
+            namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
+            pod_name: pod.map(|p| p.name.clone()).unwrap_or_default(),
+            endpoint_id: pod.map_or(0, |p| p.ep_id),
+            names: vec![],
+        }
+    }
+
+    /// The verdict event of a datapath event, with attribution. In audit
+    /// mode, a new connection that the full view denies becomes `AUDIT`.
+    pub fn verdict_event(
+        &self,
+        ev: &DatapathEvent,
+        cookies: &BTreeMap<u32, RuleRef>,
+        node_name: &str,
+        time_ns: u128,
+    ) -> VerdictEvent {
+        let ingress = ev.direction == DpDirection::Ingress;
+        let dir = if ingress {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let (src_id, dst_id) = if ingress {
+            (ev.remote_identity, ev.local_identity)
+        } else {
+            (ev.local_identity, ev.remote_identity)
+        };
+        let icmp = ev.proto == 1;
+        let mut out = VerdictEvent {
+            time_ns,
+            node_name: node_name.to_string(),
+            source: self.peer(ev.saddr, if icmp { 0 } else { ev.sport }, src_id),
+            destination: self.peer(ev.daddr, if icmp { 0 } else { ev.dport }, dst_id),
+            protocol: ev.proto,
+            icmp_type: if icmp { ev.dport as u8 } else { 0 },
+            tcp_flags: ev.tcp_flags,
+            ingress,
+            verdict: match ev.verdict {
+                DpVerdict::Forwarded => Verdict::Forwarded,
+                DpVerdict::Dropped => Verdict::Dropped,
+                DpVerdict::Redirected => Verdict::Redirected,
+                DpVerdict::Other(_) => Verdict::VerdictUnknown,
+            },
+            drop_reason: u32::from(ev.drop_reason),
+            match_type: {
+                use palisade_datapath::MatchType as M;
+                match ev.match_type {
+                    M::None => 0,
+                    M::L3Only => 1,
+                    M::L3L4 => 2,
+                    M::L4Only => 3,
+                    M::All => 4,
+                    M::L3Proto => 5,
+                    M::ProtoOnly => 6,
+                    M::Other(o) => u32::from(o),
+                }
+            },
+            proxy_port: ev.proxy_port,
+            is_reply: matches!(ev.ct_state, palisade_datapath::conntrack::CtState::Reply),
+            attribution: Attribution::default(),
+        };
+        let selected = || {
+            self.selected_by
+                .get(&ev.ep_id)
+                .map(|(i, e)| if ingress { i.clone() } else { e.clone() })
+                .unwrap_or_default()
+        };
+        if ev.verdict == DpVerdict::Dropped && ev.drop_reason == palisade_datapath::DROP_POLICY {
+            let sel = selected();
+            out.attribution.explanation = if sel.is_empty() {
+                "default deny (no policy selects the endpoint in this direction)".into()
+            } else {
+                "default deny: no rule allows this traffic".into()
+            };
+            out.attribution.default_deny_selected_by = sel;
+        } else if ev.cookie != 0 {
+            match cookies.get(&ev.cookie) {
+                Some(r) => out.attribution.rules = vec![r.clone()],
+                None => {
+                    out.attribution.explanation = format!("cookie {:#x} (unknown rule)", ev.cookie)
+                }
+            }
+        } else if ev.verdict == DpVerdict::Forwarded {
+            out.attribution.explanation =
+                "default allow (no default deny in this direction)".into();
+        }
+        // Audit: forwarded new connections the full policy set denies.
+        if ev.verdict != DpVerdict::Dropped
+            && matches!(ev.ct_state, palisade_datapath::conntrack::CtState::New)
+            && let Some(full) = self.audit_maps.get(&ev.ep_id)
+        {
+            let d = full.lookup(ev.remote_identity, dir, ev.proto, ev.dport);
+            let full_denies =
+                !d.allowed && (d.drop_reason == 181 || full.enforcement(dir).default_deny);
+            if full_denies {
+                out.verdict = Verdict::Audit;
+                out.drop_reason = u32::from(d.drop_reason);
+                out.match_type = u32::from(d.match_type);
+                out.attribution = Attribution::default();
+                match d.entry {
+                    Some(e) => {
+                        out.attribution.rules = e.derived_from.iter().cloned().collect();
+                        out.attribution.explanation =
+                            "audit: denied by a rule of an audited policy; delivered".into();
+                    }
+                    None => {
+                        out.attribution.default_deny_selected_by =
+                            full.enforcement(dir).selected_by.iter().cloned().collect();
+                        out.attribution.explanation =
+                            "audit: default deny of an audited policy; delivered".into();
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Wall-clock ns of a `CLOCK_MONOTONIC` timestamp.
+pub(crate) fn wall_ns(monotonic_ns: u64) -> u128 {
+    let now_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let now_mono = u128::from(palisade_datapath::conntrack::monotonic_now_ns());
+    now_wall.saturating_sub(now_mono.saturating_sub(u128::from(monotonic_ns)))
+}
+
+/// Binds the web endpoints' address. Non-loopback addresses are allowed
+/// only when asked for explicitly (the default is loopback).
+pub(crate) fn bind_web(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the flow web endpoints listen on a non-loopback address");
+    }
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serves `palisade_flow::web::router` until `stop` is set.
+pub(crate) fn serve_web(
+    listener: std::net::TcpListener,
+    hub: Arc<FlowHub>,
+    stop: impl Fn() -> bool + Send + 'static,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "web endpoints: no runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "web endpoints: listener");
+                return;
+            }
+        };
+        let app = palisade_flow::web::router(hub);
+        let shutdown = async move {
+            while !stop() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "web endpoints");
+        }
+    });
+}
