@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     attribution: RwLock<Attribution>,
     events: Mutex<EventLog>,
     flows: Arc<FlowHub>,
+    /// The in-process HTTP proxy (when `config.l7_proxy` is set).
+    proxy: Mutex<Option<palisade_proxy::ProxyHandle>>,
     stop: AtomicBool,
 }
 
@@ -297,8 +299,41 @@ impl Agent {
             attribution: RwLock::new(Attribution::default()),
             events: Mutex::new(EventLog::default()),
             flows: Arc::new(FlowHub::new(config_ring_capacity, &node_name)),
+            proxy: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
+        if let Some(pcfg) = shared.config.l7_proxy.clone() {
+            let hub = shared.flows.clone();
+            let node = shared.config.node_name.clone();
+            let sink = palisade_proxy::RecordSink::callback(move |r| {
+                hub.metrics()
+                    .proxy_requests
+                    .get_or_create(&palisade_flow::metrics::ProxyLabels {
+                        protocol: "http".into(),
+                        verdict: format!("{:?}", r.verdict).to_ascii_uppercase(),
+                    })
+                    .inc();
+                hub.metrics()
+                    .proxy_latency_seconds
+                    .observe(r.latency_ns as f64 / 1e9);
+                hub.push(crate::flows::flow_of_l7(&r, &node));
+            });
+            let initial = {
+                let st = shared.lock();
+                palisade_proxy::PolicySnapshot::new(st.engine.clone(), 1)
+            };
+            let handle = palisade_proxy::ProxyHandle::spawn(palisade_proxy::ProxyOptions {
+                config: pcfg,
+                netns: Some(shared.config.node_netns.clone()),
+                workers: Some(2),
+                sink,
+                initial: Some(initial),
+                ..Default::default()
+            })
+            .map_err(|e| AgentError::Conflict(format!("starting the L7 proxy: {e}")))?;
+            tracing::info!(addr = %handle.local_addr(), "L7 proxy running in the node namespace");
+            *shared.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        }
         {
             let mut st = shared.lock();
             shared.reconcile_locked(&mut st);
@@ -450,6 +485,15 @@ impl Agent {
 
     fn stop_threads(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = self
+            .shared
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            p.shutdown();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -585,6 +629,23 @@ impl Shared {
         }
         st.status = status;
         st.reconciliations += 1;
+        if let Some(p) = self
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            // The proxy installs its redirect sets on its own runtime: wait
+            // (bounded) so that a change is enforced when it returns.
+            let rev = p.update_engine(st.engine.clone());
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while p.redirect_revision() < rev && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if p.redirect_revision() < rev {
+                tracing::warn!(rev, "the L7 proxy's redirect rules lag behind the policy");
+            }
+        }
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
         attr.book = PeerBook::build(

@@ -113,6 +113,11 @@ pub struct AgentConfig {
     pub web_listen: Option<std::net::SocketAddr>,
     /// Capacity of the ring of recent flows.
     pub flow_ring_capacity: usize,
+    /// Run the HTTP/gRPC L7 proxy inside the agent, in the node namespace
+    /// (`None`: no L7 enforcement by this agent). Its L7 records become
+    /// flows; every reconciliation feeds it the new policy and its
+    /// redirect sets.
+    pub l7_proxy: Option<palisade_proxy::ProxyConfig>,
 }
 
 fn hostname() -> String {
@@ -144,6 +149,7 @@ impl Default for AgentConfig {
             options: Default::default(),
             web_listen: None,
             flow_ring_capacity: crate::flows::DEFAULT_FLOW_RING_CAPACITY,
+            l7_proxy: None,
         }
     }
 }

@@ -364,6 +364,81 @@ pub(crate) fn wall_ns(monotonic_ns: u64) -> u128 {
     now_wall.saturating_sub(now_mono.saturating_sub(u128::from(monotonic_ns)))
 }
 
+/// The L7 flow of a proxy record (HTTP request/response pair).
+pub fn flow_of_l7(r: &palisade_proxy::L7Record, node_name: &str) -> Flow {
+    use palisade_flow::flow::{Http, L7FlowType, Layer7};
+    let peer = |p: &palisade_proxy::L7Peer| {
+        let (namespace, pod_name) = p
+            .endpoint
+            .as_deref()
+            .and_then(|k| k.split_once('/'))
+            .map(|(n, p)| (n.to_string(), p.to_string()))
+            .unwrap_or_default();
+        Peer {
+            ip: Some(p.ip),
+            port: p.port,
+            identity: p.identity,
+            labels: p.labels.iter().cloned().collect(),
+            namespace,
+            pod_name,
+            endpoint_id: 0,
+            names: vec![],
+        }
+    };
+    let verdict = match r.verdict {
+        palisade_proxy::L7Verdict::Forwarded => Verdict::Forwarded,
+        palisade_proxy::L7Verdict::Dropped => Verdict::Dropped,
+        palisade_proxy::L7Verdict::Error => Verdict::Error,
+    };
+    let ev = VerdictEvent {
+        time_ns: r
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        node_name: node_name.to_string(),
+        source: peer(&r.source),
+        destination: peer(&r.destination),
+        protocol: 6,
+        ingress: r.direction != Some(Direction::Egress),
+        verdict,
+        drop_reason: if verdict == Verdict::Dropped { 181 } else { 0 },
+        attribution: Attribution {
+            rules: r.rules.clone(),
+            default_deny_selected_by: vec![],
+            explanation: if r.rules.is_empty() && verdict == Verdict::Dropped {
+                "no L7 rule allows this request".into()
+            } else {
+                String::new()
+            },
+        },
+        ..Default::default()
+    };
+    let mut f = palisade_flow::record::flow_from_verdict(&ev);
+    f.flow_type = FlowType::L7;
+    if verdict == Verdict::Dropped {
+        f.drop_reason_desc = "POLICY_DENIED".into();
+    }
+    f.l7 = Some(Layer7 {
+        l7_type: if r.status.is_some() {
+            L7FlowType::Response
+        } else {
+            L7FlowType::Request
+        },
+        latency_ns: r.latency_ns.to_string(),
+        http: Some(Http {
+            code: r.status.map_or(0, u32::from),
+            method: r.method.clone(),
+            url: r.url.clone(),
+            protocol: r.protocol.to_string(),
+            headers: vec![],
+        }),
+        ..Default::default()
+    });
+    f.summary = palisade_flow::record::summary(&f);
+    f
+}
+
 /// Binds the web endpoints' address. Non-loopback addresses are allowed
 /// only when asked for explicitly (the default is loopback).
 pub(crate) fn bind_web(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -456,3 +456,161 @@ mod tests {
         assert_eq!(checksum(&pkt), 0xf7fd);
     }
 }
+
+/// A tiny HTTP/1.1 server in a namespace: answers every request with
+/// `200 OK` and the body `METHOD PATH\n` (one request per connection).
+pub struct HttpServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<std::result::Result<(), NetnsError>>>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer").finish_non_exhaustive()
+    }
+}
+
+fn read_http_head(s: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            return Ok((head, buf[i + 4..].to_vec()));
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl HttpServer {
+    /// Listens on `port` in namespace `ns`.
+    pub fn start(ns: &str, port: u16) -> std::io::Result<HttpServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let st = stop.clone();
+        let handle = netns::spawn_in_netns(ns, move || {
+            let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = listener.set_nonblocking(true);
+            let _ = tx.send(Ok(()));
+            while !st.load(Ordering::SeqCst) {
+                if !wait_readable(listener.as_raw_fd(), 100) {
+                    continue;
+                }
+                let Ok((mut s, _)) = listener.accept() else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let Ok((head, mut body)) = read_http_head(&mut s) else {
+                        return;
+                    };
+                    let want = content_length(&head);
+                    let mut chunk = [0u8; 4096];
+                    while body.len() < want {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let line = head.lines().next().unwrap_or_default();
+                    let mut parts = line.split_whitespace();
+                    let reply = format!(
+                        "{} {}\n",
+                        parts.next().unwrap_or("?"),
+                        parts.next().unwrap_or("?")
+                    );
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                });
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(HttpServer {
+                stop,
+                handle: Some(handle),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("HTTP server did not start")),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// An HTTP/1.1 answer: status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Sends one HTTP/1.1 request from namespace `ns` (`headers` as
+/// `Name: value`); `Err` when no HTTP answer came (dropped, reset).
+pub fn http_request(
+    ns: &str,
+    dst: Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    timeout: Duration,
+) -> std::io::Result<HttpAnswer> {
+    let mut s = tcp_connect(ns, dst, port, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {dst}:{port}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let (head, mut body) = read_http_head(&mut s)?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let want = content_length(&head);
+    let mut chunk = [0u8; 4096];
+    while body.len() < want {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Ok(HttpAnswer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

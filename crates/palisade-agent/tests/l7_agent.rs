@@ -1,0 +1,98 @@
+//! The L7 proxy inside the agent: the seed's `example-policy` HTTP rule on
+//! real pods and real HTTP, decided by the proxy the agent feeds, and the
+//! requests as L7 flows with the deciding rule.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use palisade_agent::Agent;
+use palisade_agent::traffic::{HttpServer, http_request, wait_until};
+use palisade_flow::flow::{FlowType, Verdict};
+
+const EXAMPLE_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: example-policy
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels:
+      app: myapp
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            app: frontend
+      toPorts:
+        - ports:
+            - port: "80"
+              protocol: TCP
+          rules:
+            http:
+              - method: "GET"
+                path: "/public"
+"#;
+
+#[test]
+fn http_rules_enforced_by_the_agents_proxy() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let names = Names::new("l7");
+    let _cleanup = Cleanup(names.clone());
+    let mut cfg = names.config("node-l7", "10.234.0.0/24");
+    cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
+    let agent = Agent::start(cfg).expect("agent starts");
+    let (fe_ns, _) = pod(&agent, "default", "frontend", &[("app", "frontend")]);
+    let (other_ns, _) = pod(&agent, "default", "other", &[("app", "other")]);
+    let (app_ns, app_ip) = pod(&agent, "default", "myapp", &[("app", "myapp")]);
+    let _srv = HttpServer::start(&app_ns, 80).expect("http server");
+    agent
+        .apply_text("example-policy.yaml", EXAMPLE_POLICY)
+        .expect("policy");
+    let t = Duration::from_secs(2);
+
+    let get = http_request(&fe_ns, app_ip, 80, "GET", "/public", &[], t).expect("answer");
+    assert_eq!((get.status, get.body.as_str()), (200, "GET /public\n"));
+    let post = http_request(&fe_ns, app_ip, 80, "POST", "/public", &[], t).expect("answer");
+    assert_eq!((post.status, post.body.as_str()), (403, "Access denied"));
+    let other = http_request(&fe_ns, app_ip, 80, "GET", "/private", &[], t).expect("answer");
+    assert_eq!(other.status, 403);
+    assert!(http_request(&other_ns, app_ip, 80, "GET", "/public", &[], t).is_err());
+
+    let l7 = |verdict: Verdict, method: &str, code: u32| {
+        agent.flows().page(None, None).flows.iter().any(|r| {
+            r.flow.as_ref().is_some_and(|f| {
+                f.flow_type == FlowType::L7
+                    && f.verdict == verdict
+                    && f.l7
+                        .as_ref()
+                        .and_then(|l| l.http.as_ref())
+                        .is_some_and(|h| {
+                            h.method == method && h.code == code && h.url.ends_with("/public")
+                        })
+                    && f.source.as_ref().is_some_and(|s| s.pod_name == "frontend")
+                    && f.extensions
+                        .iter()
+                        .any(|e| e.rules.iter().any(|r| r.contains("example-policy")))
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || l7(
+            Verdict::Forwarded,
+            "GET",
+            200
+        ) && l7(
+            Verdict::Dropped,
+            "POST",
+            403
+        )),
+        "{:#?}",
+        agent.flows().page(None, None)
+    );
+    agent.destroy();
+}
