@@ -303,36 +303,7 @@ impl Agent {
             stop: AtomicBool::new(false),
         });
         if let Some(pcfg) = shared.config.l7_proxy.clone() {
-            let hub = shared.flows.clone();
-            let node = shared.config.node_name.clone();
-            let sink = palisade_proxy::RecordSink::callback(move |r| {
-                hub.metrics()
-                    .proxy_requests
-                    .get_or_create(&palisade_flow::metrics::ProxyLabels {
-                        protocol: "http".into(),
-                        verdict: format!("{:?}", r.verdict).to_ascii_uppercase(),
-                    })
-                    .inc();
-                hub.metrics()
-                    .proxy_latency_seconds
-                    .observe(r.latency_ns as f64 / 1e9);
-                hub.push(crate::flows::flow_of_l7(&r, &node));
-            });
-            let initial = {
-                let st = shared.lock();
-                palisade_proxy::PolicySnapshot::new(st.engine.clone(), 1)
-            };
-            let handle = palisade_proxy::ProxyHandle::spawn(palisade_proxy::ProxyOptions {
-                config: pcfg,
-                netns: Some(shared.config.node_netns.clone()),
-                workers: Some(2),
-                sink,
-                initial: Some(initial),
-                ..Default::default()
-            })
-            .map_err(|e| AgentError::Conflict(format!("starting the L7 proxy: {e}")))?;
-            tracing::info!(addr = %handle.local_addr(), "L7 proxy running in the node namespace");
-            *shared.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+            shared.start_l7_proxy(pcfg)?;
         }
         {
             let mut st = shared.lock();
@@ -387,6 +358,14 @@ impl Agent {
     /// listen, if they do.
     pub fn web_addr(&self) -> Option<SocketAddr> {
         self.web_addr
+    }
+
+    /// Starts the L7 proxy now (when `config.l7_proxy` was not set at start).
+    pub fn start_l7_proxy(&self, config: palisade_proxy::ProxyConfig) -> Result<()> {
+        self.shared.start_l7_proxy(config)?;
+        let mut st = self.shared.lock();
+        self.shared.reconcile_locked(&mut st);
+        Ok(())
     }
 
     /// The ring of recent flows and the metrics.
@@ -677,6 +656,51 @@ impl Shared {
                 ),
             );
         }
+    }
+
+    /// Starts the in-process HTTP/gRPC L7 proxy in the node namespace
+    /// (no-op when it runs): its L7 records become flows, and every
+    /// reconciliation feeds it the policy and its redirect sets.
+    fn start_l7_proxy(&self, pcfg: palisade_proxy::ProxyConfig) -> Result<()> {
+        if self
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let hub = self.flows.clone();
+        let node = self.config.node_name.clone();
+        let sink = palisade_proxy::RecordSink::callback(move |r| {
+            hub.metrics()
+                .proxy_requests
+                .get_or_create(&palisade_flow::metrics::ProxyLabels {
+                    protocol: "http".into(),
+                    verdict: format!("{:?}", r.verdict).to_ascii_uppercase(),
+                })
+                .inc();
+            hub.metrics()
+                .proxy_latency_seconds
+                .observe(r.latency_ns as f64 / 1e9);
+            hub.push(crate::flows::flow_of_l7(&r, &node));
+        });
+        let initial = {
+            let st = self.lock();
+            palisade_proxy::PolicySnapshot::new(st.engine.clone(), 1)
+        };
+        let handle = palisade_proxy::ProxyHandle::spawn(palisade_proxy::ProxyOptions {
+            config: pcfg,
+            netns: Some(self.config.node_netns.clone()),
+            workers: Some(2),
+            sink,
+            initial: Some(initial),
+            ..Default::default()
+        })
+        .map_err(|e| AgentError::Conflict(format!("starting the L7 proxy: {e}")))?;
+        tracing::info!(addr = %handle.local_addr(), "L7 proxy running in the node namespace");
+        *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
     }
 
     fn rebuild_and_reconcile(&self, st: &mut State) {
