@@ -48,6 +48,10 @@ pub struct AgentArgs {
     /// /metrics. Default 127.0.0.1:9962 (loopback only); `off` disables them.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub web_listen: Option<String>,
+    /// Run the HTTP/gRPC L7 proxy inside the agent (node namespace, port
+    /// 15001); its requests become L7 flows. Without it, run `palisade proxy`.
+    #[arg(long)]
+    pub l7_proxy: bool,
 }
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -93,6 +97,9 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             cfg.web_listen = palisade_agent::flows::DEFAULT_WEB_LISTEN.parse().ok()
         }
         None => {}
+    }
+    if a.l7_proxy {
+        cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
     }
     live::install_stop_signals();
     let agent = Agent::start(cfg).context("starting the agent")?;
