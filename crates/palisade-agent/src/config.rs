@@ -102,7 +102,8 @@ pub struct AgentConfig {
     pub pod_cidr: PodCidr,
     /// Maximum policy entries per endpoint.
     pub policy_capacity: usize,
-    /// How often the manifests directory is polled.
+    /// How often the manifests directory is polled (its files' sizes and
+    /// mtimes: cheap), which bounds apply-to-enforced for file changes.
     pub watch_interval: Duration,
     /// How often conntrack is garbage-collected.
     pub gc_interval: Duration,
@@ -144,7 +145,7 @@ impl Default for AgentConfig {
             node_address: pod_cidr.gateway(),
             pod_cidr,
             policy_capacity: palisade_datapath::loader::DEFAULT_POLICY_CAPACITY,
-            watch_interval: Duration::from_millis(200),
+            watch_interval: Duration::from_millis(50),
             gc_interval: Duration::from_secs(5),
             options: Default::default(),
             web_listen: None,
