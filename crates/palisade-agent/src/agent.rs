@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     flows: Arc<FlowHub>,
     /// The in-process HTTP proxy (when `config.l7_proxy` is set).
     proxy: Mutex<Option<palisade_proxy::ProxyHandle>>,
+    /// The in-process DNS and Kafka proxies (started with the HTTP proxy).
+    l7_extra: Mutex<L7Extra>,
     stop: AtomicBool,
 }
 
@@ -300,6 +302,7 @@ impl Agent {
             events: Mutex::new(EventLog::default()),
             flows: Arc::new(FlowHub::new(config_ring_capacity, &node_name)),
             proxy: Mutex::new(None),
+            l7_extra: Mutex::new(L7Extra::default()),
             stop: AtomicBool::new(false),
         });
         if let Some(pcfg) = shared.config.l7_proxy.clone() {
@@ -473,6 +476,7 @@ impl Agent {
         {
             p.shutdown();
         }
+        self.shared.stop_l7_extra();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -587,6 +591,8 @@ impl Shared {
     }
 
     fn reconcile_locked(&self, st: &mut State) {
+        // Names the DNS proxy learned survive every engine rebuild.
+        self.replay_learned_fqdns(st);
         let endpoints = Self::endpoints_runtime(st);
         let outcome = reconcile::reconcile(
             &st.engine,
@@ -625,6 +631,7 @@ impl Shared {
                 tracing::warn!(rev, "the L7 proxy's redirect rules lag behind the policy");
             }
         }
+        self.feed_l7_extra(&st.engine, true);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
         attr.book = PeerBook::build(
@@ -661,7 +668,7 @@ impl Shared {
     /// Starts the in-process HTTP/gRPC L7 proxy in the node namespace
     /// (no-op when it runs): its L7 records become flows, and every
     /// reconciliation feeds it the policy and its redirect sets.
-    fn start_l7_proxy(&self, pcfg: palisade_proxy::ProxyConfig) -> Result<()> {
+    fn start_l7_proxy(self: &Arc<Self>, pcfg: palisade_proxy::ProxyConfig) -> Result<()> {
         if self
             .proxy
             .lock()
@@ -699,6 +706,7 @@ impl Shared {
         })
         .map_err(|e| AgentError::Conflict(format!("starting the L7 proxy: {e}")))?;
         tracing::info!(addr = %handle.local_addr(), "L7 proxy running in the node namespace");
+        self.start_l7_extra()?;
         *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
     }
@@ -1263,6 +1271,7 @@ impl Shared {
             Request::PodNetns { pod } => reply(self.netns_of(&pod)),
             Request::Events { since } => Response::ok(&self.events_since(since)),
             Request::Flows { since, last } => Response::ok(&self.flows.page(since, last)),
+            Request::FqdnCacheList => reply(self.fqdn_cache_list()),
         }
     }
 
@@ -1280,3 +1289,237 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
 }
 
 pub(crate) type AgentShared = Shared;
+
+/// The DNS and Kafka proxies the agent runs next to the HTTP proxy.
+#[derive(Default)]
+struct L7Extra {
+    dns: Option<palisade_proxy::dns::DnsProxy>,
+    kafka: Option<palisade_proxy::kafka::KafkaProxy>,
+}
+
+/// The DNS proxy's learning hook: learned names go into both engines
+/// (enforced and full), the datapath is reconciled, and only then does the
+/// future resolve (the proxy releases the answer after it, bounded by
+/// `max_delay`). Runs on a blocking thread, never on the proxy's runtime.
+struct AgentFqdnHook {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl palisade_proxy::dns::FqdnHook for AgentFqdnHook {
+    fn learn(&self, update: palisade_proxy::dns::FqdnUpdate) -> palisade_proxy::dns::HookFuture {
+        let w = self.shared.clone();
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(s) = w.upgrade() {
+                    s.learn_fqdns(&update.names, &update.ips);
+                }
+            })
+            .await;
+        })
+    }
+
+    fn forget(&self, ips: Vec<std::net::IpAddr>) {
+        let w = self.shared.clone();
+        // Not on the caller's thread: it may hold the cache's lock, which
+        // a reconciliation (holding the state lock) reads.
+        let _ = std::thread::Builder::new()
+            .name("palisade-fqdn-forget".into())
+            .spawn(move || {
+                if let Some(s) = w.upgrade() {
+                    s.forget_fqdns(&ips);
+                }
+            });
+    }
+}
+
+impl Shared {
+    /// Starts the DNS and Kafka proxies in the node namespace (no-op when
+    /// they run). Their records become L7 flows.
+    fn start_l7_extra(self: &Arc<Shared>) -> Result<()> {
+        let mut extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
+        if extra.dns.is_some() {
+            return Ok(());
+        }
+        let engine = self.lock().engine.clone();
+        let metric = |hub: &FlowHub, protocol: &str, verdict: palisade_proxy::L7Verdict| {
+            hub.metrics()
+                .proxy_requests
+                .get_or_create(&palisade_flow::metrics::ProxyLabels {
+                    protocol: protocol.into(),
+                    verdict: format!("{verdict:?}").to_ascii_uppercase(),
+                })
+                .inc();
+        };
+        let (hub, node) = (self.flows.clone(), self.config.node_name.clone());
+        let dns = palisade_proxy::dns::DnsProxy::spawn(palisade_proxy::dns::DnsProxyOptions {
+            config: palisade_proxy::dns::DnsConfig {
+                max_delay: Duration::from_millis(500),
+                ..Default::default()
+            },
+            netns: Some(self.config.node_netns.clone()),
+            workers: Some(2),
+            policy: palisade_proxy::PolicySnapshot::new(engine.clone(), 1),
+            hook: Arc::new(AgentFqdnHook {
+                shared: Arc::downgrade(self),
+            }),
+            sink: palisade_proxy::dns::Sink::callback(move |r: palisade_proxy::dns::DnsRecord| {
+                metric(&hub, "dns", r.verdict);
+                hub.push(crate::flows::flow_of_dns(&r, &node));
+            }),
+        })
+        .map_err(|e| AgentError::Conflict(format!("starting the DNS proxy: {e}")))?;
+        let (hub, node) = (self.flows.clone(), self.config.node_name.clone());
+        let kafka =
+            palisade_proxy::kafka::KafkaProxy::spawn(palisade_proxy::kafka::KafkaProxyOptions {
+                config: Default::default(),
+                netns: Some(self.config.node_netns.clone()),
+                workers: Some(1),
+                policy: palisade_proxy::PolicySnapshot::new(engine, 1),
+                sink: palisade_proxy::dns::Sink::callback(
+                    move |r: palisade_proxy::kafka::KafkaRecord| {
+                        metric(&hub, "kafka", r.verdict);
+                        hub.push(crate::flows::flow_of_kafka(&r, &node));
+                    },
+                ),
+            })
+            .map_err(|e| AgentError::Conflict(format!("starting the Kafka proxy: {e}")))?;
+        tracing::info!(dns = %dns.local_addr(), kafka = %kafka.local_addr(), "DNS and Kafka proxies running in the node namespace");
+        extra.dns = Some(dns);
+        extra.kafka = Some(kafka);
+        Ok(())
+    }
+
+    fn stop_l7_extra(&self) {
+        let mut extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
+        extra.dns.take();
+        extra.kafka.take();
+    }
+
+    /// Feeds the DNS and Kafka proxies the enforced policy; with `wait`,
+    /// until their redirect sets are installed (bounded).
+    fn feed_l7_extra(&self, engine: &Engine, wait: bool) {
+        let extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
+        let dns = extra
+            .dns
+            .as_ref()
+            .map(|d| (d, d.update_engine(engine.clone())));
+        let kafka = extra
+            .kafka
+            .as_ref()
+            .map(|k| (k, k.update_engine(engine.clone())));
+        if !wait {
+            return;
+        }
+        let behind = || {
+            let mut lagging = Vec::new();
+            if let Some((d, rev)) = dns
+                && d.redirect_revision() < rev
+            {
+                lagging.push("DNS");
+            }
+            if let Some((k, rev)) = kafka
+                && k.redirect_revision() < rev
+            {
+                lagging.push("Kafka");
+            }
+            lagging
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !behind().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for proxy in behind() {
+            tracing::warn!(proxy, "the proxy's redirect rules lag behind the policy");
+        }
+    }
+
+    /// Re-learns every name in the DNS proxy's cache into freshly built
+    /// engines (no-op for names they already know).
+    fn replay_learned_fqdns(&self, st: &mut State) {
+        let rows = {
+            let extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
+            match &extra.dns {
+                Some(d) => d.cache().list(),
+                None => return,
+            }
+        };
+        for row in rows {
+            for ip in &row.ips {
+                st.engine.learn_fqdn(&row.fqdn, *ip);
+                if let Some(f) = st.full.as_mut() {
+                    f.learn_fqdn(&row.fqdn, *ip);
+                }
+            }
+        }
+    }
+
+    /// The hook's work: learn into both engines and write the deltas to the
+    /// datapath now.
+    fn learn_fqdns(&self, names: &[String], ips: &[std::net::IpAddr]) {
+        let mut st = self.lock();
+        for ip in ips {
+            for name in names {
+                st.engine.learn_fqdn(name, *ip);
+                if let Some(f) = st.full.as_mut() {
+                    f.learn_fqdn(name, *ip);
+                }
+            }
+        }
+        self.reconcile_fqdn_locked(&mut st);
+    }
+
+    fn forget_fqdns(&self, ips: &[std::net::IpAddr]) {
+        let mut st = self.lock();
+        for ip in ips {
+            st.engine.forget_fqdn(*ip);
+            if let Some(f) = st.full.as_mut() {
+                f.forget_fqdn(*ip);
+            }
+        }
+        self.reconcile_fqdn_locked(&mut st);
+    }
+
+    /// The datapath part of a reconciliation after an FQDN change (the
+    /// proxies get the new policy without waiting: the DNS proxy may be
+    /// the caller).
+    fn reconcile_fqdn_locked(&self, st: &mut State) {
+        let endpoints = Self::endpoints_runtime(st);
+        let outcome = reconcile::reconcile(
+            &st.engine,
+            &mut st.datapath,
+            &endpoints,
+            &self.config.node_name,
+        );
+        for e in &outcome.errors {
+            tracing::error!(error = %e, "reconciliation (FQDN)");
+        }
+        st.reconciliations += 1;
+        if let Some(p) = self
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            p.update_engine(st.engine.clone());
+        }
+        self.feed_l7_extra(&st.engine, false);
+        let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
+        attr.cookies.extend(reconcile::cookie_table(&st.engine));
+        attr.book = PeerBook::build(
+            &st.engine,
+            st.full.as_ref(),
+            st.pods.values().map(|r| (r.key(), r.ip, r.ep_id)),
+        );
+    }
+
+    /// `fqdn-cache-list`: the DNS proxy's cache rows.
+    fn fqdn_cache_list(&self) -> Result<Vec<palisade_proxy::dns::CacheRow>> {
+        let extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
+        match &extra.dns {
+            Some(d) => Ok(d.cache().list()),
+            None => Err(AgentError::NotFound(
+                "the DNS proxy is not running (start the agent with --l7-proxy)".into(),
+            )),
+        }
+    }
+}

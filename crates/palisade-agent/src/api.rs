@@ -142,6 +142,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last: Option<usize>,
     },
+    /// The DNS proxy's FQDN cache (`palisade fqdn cache list`): one row
+    /// per (endpoint, name).
+    FqdnCacheList,
 }
 
 /// A response.

@@ -488,3 +488,146 @@ pub(crate) fn serve_web(
         }
     });
 }
+
+/// The flow of one L7 decision (shared by the DNS and Kafka records): the
+/// peers, verdict and deciding rules; the caller fills `l7`.
+#[allow(clippy::too_many_arguments)]
+fn l7_base_flow(
+    time: std::time::SystemTime,
+    source: &palisade_proxy::L7Peer,
+    destination: &palisade_proxy::L7Peer,
+    direction: Option<Direction>,
+    verdict: palisade_proxy::L7Verdict,
+    rules: &[RuleRef],
+    explanation: &str,
+    protocol: u8,
+    node_name: &str,
+) -> Flow {
+    let peer = |p: &palisade_proxy::L7Peer| {
+        let (namespace, pod_name) = p
+            .endpoint
+            .as_deref()
+            .and_then(|k| k.split_once('/'))
+            .map(|(n, p)| (n.to_string(), p.to_string()))
+            .unwrap_or_default();
+        Peer {
+            ip: Some(p.ip),
+            port: p.port,
+            identity: p.identity,
+            labels: p.labels.iter().cloned().collect(),
+            namespace,
+            pod_name,
+            endpoint_id: 0,
+            names: vec![],
+        }
+    };
+    let verdict = match verdict {
+        palisade_proxy::L7Verdict::Forwarded => Verdict::Forwarded,
+        palisade_proxy::L7Verdict::Dropped => Verdict::Dropped,
+        palisade_proxy::L7Verdict::Error => Verdict::Error,
+    };
+    let ev = VerdictEvent {
+        time_ns: time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        node_name: node_name.to_string(),
+        source: peer(source),
+        destination: peer(destination),
+        protocol,
+        ingress: direction != Some(Direction::Egress),
+        verdict,
+        drop_reason: if verdict == Verdict::Dropped { 181 } else { 0 },
+        attribution: Attribution {
+            rules: rules.to_vec(),
+            default_deny_selected_by: vec![],
+            explanation: explanation.to_string(),
+        },
+        ..Default::default()
+    };
+    let mut f = palisade_flow::record::flow_from_verdict(&ev);
+    f.flow_type = FlowType::L7;
+    if verdict == Verdict::Dropped {
+        f.drop_reason_desc = "POLICY_DENIED".into();
+    }
+    f
+}
+
+fn rcode_number(name: &str) -> u32 {
+    match name {
+        "FormErr" => 1,
+        "ServFail" => 2,
+        "NXDomain" => 3,
+        "NotImp" => 4,
+        "Refused" => 5,
+        other => other
+            .strip_prefix("RCODE")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// The flow of one DNS proxy record (`l7.dns`).
+pub fn flow_of_dns(r: &palisade_proxy::dns::DnsRecord, node_name: &str) -> Flow {
+    use palisade_flow::flow::{Dns, L7FlowType, Layer7};
+    let mut f = l7_base_flow(
+        r.time,
+        &r.source,
+        &r.destination,
+        r.direction,
+        r.verdict,
+        &r.rules,
+        &r.explanation,
+        if r.transport == "TCP" { 6 } else { 17 },
+        node_name,
+    );
+    f.l7 = Some(Layer7 {
+        l7_type: if r.rcode.is_some() {
+            L7FlowType::Response
+        } else {
+            L7FlowType::Request
+        },
+        latency_ns: r.latency_ns.to_string(),
+        dns: Some(Dns {
+            query: r.query.clone(),
+            ips: r.ips.iter().map(|i| i.to_string()).collect(),
+            ttl: r.ttl,
+            cnames: r.cnames.clone(),
+            rcode: r.rcode.as_deref().map_or(0, rcode_number),
+            qtypes: r.qtypes.clone(),
+            rrtypes: r.rrtypes.clone(),
+        }),
+        ..Default::default()
+    });
+    f.summary = palisade_flow::record::summary(&f);
+    f
+}
+
+/// The flow of one Kafka proxy record (`l7.kafka`).
+pub fn flow_of_kafka(r: &palisade_proxy::kafka::KafkaRecord, node_name: &str) -> Flow {
+    use palisade_flow::flow::{Kafka, L7FlowType, Layer7};
+    let mut f = l7_base_flow(
+        r.time,
+        &r.source,
+        &r.destination,
+        r.direction,
+        r.verdict,
+        &r.rules,
+        &r.explanation,
+        6,
+        node_name,
+    );
+    f.l7 = Some(Layer7 {
+        l7_type: L7FlowType::Request,
+        kafka: Some(Kafka {
+            error_code: r.error_code.map_or(0, i32::from),
+            api_version: i32::from(r.api_version),
+            api_key: r.api_key.clone(),
+            correlation_id: r.correlation_id,
+            topic: r.topics.join(","),
+        }),
+        ..Default::default()
+    });
+    f.summary = palisade_flow::record::summary(&f);
+    f
+}

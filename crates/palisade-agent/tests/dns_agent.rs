@@ -1,0 +1,223 @@
+//! The DNS proxy inside the agent (root; everything removed on drop, also
+//! on failure): a real dnsmasq (Debian `dnsmasq-base`) in a pod answers
+//! `api.example.com` with an address that lives in a namespace the test
+//! creates outside the cluster. A client whose policy has a DNS rule and
+//! `toFQDNs: api.example.com` cannot reach that address before resolving
+//! it; after resolving it through the agent's DNS proxy the very first
+//! connection is allowed (learned before the answer is released). A name
+//! the DNS rule does not allow gets REFUSED, the cache is served by
+//! `fqdn-cache-list`, and the queries are L7 DNS flows.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use palisade_agent::Agent;
+use palisade_agent::api::Request;
+use palisade_agent::traffic::{Outcome, Servers, tcp_probe, wait_until};
+use palisade_datapath::netns::{self, PodSpec};
+use palisade_flow::flow::{FlowType, Verdict};
+use palisade_proxy::dns::CacheRow;
+use palisade_proxy::dns::wire::{self, Message, Rdata};
+
+const API_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const PORT: u16 = 8080;
+
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEndpoints:
+        - matchLabels: {io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}
+      toPorts:
+        - ports: [{port: "53", protocol: UDP}]
+          rules:
+            dns:
+              - matchPattern: "*.example.com"
+    - toFQDNs:
+        - matchName: api.example.com
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+"#;
+
+/// dnsmasq in a namespace; killed (and its directory removed) on drop.
+struct Dnsmasq {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(ns: &str, ip: Ipv4Addr, hosts: &str) -> Dnsmasq {
+        let dir =
+            std::env::temp_dir().join(format!("palisade-agent-dnsmasq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("hosts"), hosts).expect("hosts");
+        let conf = format!(
+            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={ip}\nport=53\n\
+addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
+            hosts = dir.join("hosts").display(),
+            pid = dir.join("pid").display(),
+        );
+        std::fs::write(dir.join("dnsmasq.conf"), conf).expect("conf");
+        netns::ip(&["-n", ns, "link", "set", "lo", "up"]).expect("lo up");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground"])
+            .arg(format!(
+                "--conf-file={}",
+                dir.join("dnsmasq.conf").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq runs (Debian package dnsmasq-base)");
+        let server = Dnsmasq { child, dir };
+        let addr = SocketAddr::from((ip, 53));
+        let q = wire::build_query(1, "api.example.com", wire::TYPE_A, None);
+        assert!(
+            wait_until(Duration::from_secs(10), || udp_query(ns, addr, &q).is_ok()),
+            "dnsmasq did not answer in {ns}"
+        );
+        server
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn udp_query(ns: &str, server: SocketAddr, q: &[u8]) -> std::io::Result<Message> {
+    let sock =
+        netns::in_netns(ns, || UdpSocket::bind("0.0.0.0:0")).map_err(std::io::Error::other)??;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send_to(q, server)?;
+    let mut buf = vec![0u8; 65_535];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    buf.truncate(n);
+    Message::parse(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))
+}
+
+#[test]
+fn to_fqdns_through_the_agents_dns_proxy() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let names = Names::new("dns");
+    let _cleanup = Cleanup(names.clone());
+    let mut cfg = names.config("node-dns", "10.235.0.0/24");
+    cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
+    let agent = Agent::start(cfg).expect("agent starts");
+
+    // The address api.example.com resolves to: a namespace outside the
+    // cluster (named after the node namespace, so purge removes it).
+    let world_ns = format!("{}-world", names.node_netns);
+    netns::create_pod(
+        Some(&names.node_netns),
+        &PodSpec {
+            netns: world_ns.clone(),
+            host_ifname: format!("wld{}", std::process::id() % 100_000),
+            ip: API_IP,
+            host_mac: [0x02, 0xaa, 0, 0, 0, 1],
+            pod_mac: [0x02, 0xab, 0, 0, 0, 1],
+        },
+    )
+    .expect("world namespace");
+    let _srv = Servers::start(&world_ns, &[PORT], &[]).expect("server");
+
+    let (dns_ns, dns_ip) = pod(&agent, "kube-system", "coredns", &[("k8s-app", "kube-dns")]);
+    let (client_ns, _) = pod(&agent, "default", "client", &[("app", "client")]);
+    let _dns = Dnsmasq::start(
+        &dns_ns,
+        dns_ip,
+        "192.0.2.10 api.example.com\n192.0.2.66 evil.example.net\n",
+    );
+    let t = Duration::from_secs(1);
+    // no policy yet: reachable
+    assert!(tcp_probe(&client_ns, API_IP, PORT, t).delivered());
+    agent
+        .apply_text("client-egress.yaml", POLICY)
+        .expect("policy");
+
+    // before resolving: denied
+    let before = tcp_probe(&client_ns, API_IP, PORT, t);
+    assert_eq!(before, Outcome::Dropped, "{before}");
+
+    // resolve through the proxy: the first connection is allowed
+    let server = SocketAddr::from((dns_ip, 53));
+    let q = wire::build_query(0x4242, "api.example.com", wire::TYPE_A, None);
+    let m = udp_query(&client_ns, server, &q).expect("an answer");
+    let first = tcp_probe(&client_ns, API_IP, PORT, t);
+    assert_eq!(first, Outcome::Allowed, "{first}");
+    assert_eq!((m.header.id, m.header.rcode), (0x4242, wire::RCODE_NOERROR));
+    let ips: Vec<IpAddr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match r.data {
+            Rdata::A(a) => Some(IpAddr::V4(a)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ips, vec![IpAddr::V4(API_IP)]);
+
+    // a name the DNS rule does not allow: REFUSED by the proxy
+    let q = wire::build_query(7, "evil.example.net", wire::TYPE_A, None);
+    let m = udp_query(&client_ns, server, &q).expect("an answer");
+    assert_eq!(m.header.rcode, wire::RCODE_REFUSED);
+
+    // the cache, as `palisade fqdn cache list` asks for it
+    let r = agent.handle(Request::FqdnCacheList);
+    assert!(r.ok, "{r:?}");
+    let rows: Vec<CacheRow> = serde_json::from_value(r.result.expect("rows")).expect("rows");
+    let row = rows
+        .iter()
+        .find(|r| r.fqdn == "api.example.com." && r.endpoint == "default/client")
+        .unwrap_or_else(|| panic!("a cache row: {rows:?}"));
+    assert_eq!(row.ips, vec![IpAddr::V4(API_IP)]);
+
+    // a policy change (engine rebuilt) keeps what was learned
+    agent
+        .apply_text(
+            "other.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+        )
+        .expect("apply");
+    assert_eq!(tcp_probe(&client_ns, API_IP, PORT, t), Outcome::Allowed);
+
+    // the queries are L7 DNS flows
+    let dns_flow = |verdict: Verdict, query: &str| {
+        agent.flows().page(None, None).flows.iter().any(|r| {
+            r.flow.as_ref().is_some_and(|f| {
+                f.flow_type == FlowType::L7
+                    && f.verdict == verdict
+                    && f.l7
+                        .as_ref()
+                        .and_then(|l| l.dns.as_ref())
+                        .is_some_and(|d| d.query == query)
+                    && f.source.as_ref().is_some_and(|s| s.pod_name == "client")
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || dns_flow(
+            Verdict::Forwarded,
+            "api.example.com."
+        ) && dns_flow(
+            Verdict::Dropped,
+            "evil.example.net."
+        )),
+        "{:#?}",
+        agent.flows().page(None, None)
+    );
+    agent.destroy();
+}
