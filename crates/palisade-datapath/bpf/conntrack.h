@@ -148,20 +148,29 @@ static __always_inline int ct_update(struct ct_entry *e, const struct pkt_tuple 
 			flags |= CT_F_RST;
 		if (f & TCP_FIN)
 			flags |= fwd ? CT_F_FWD_FIN : CT_F_REV_FIN;
-		if (fwd)
-			e->tcp_flags_fwd |= f;
-		else
+		if (fwd) {
+			if ((e->tcp_flags_fwd | f) != e->tcp_flags_fwd)
+				e->tcp_flags_fwd |= f;
+		} else if ((e->tcp_flags_rev | f) != e->tcp_flags_rev) {
 			e->tcp_flags_rev |= f;
+		}
 	}
 	if (!fwd)
 		flags |= CT_F_SEEN_REPLY;
-	e->flags = flags;
-	e->lifetime_ns = ct_lifetime(t->proto, flags);
-	e->last_seen_ns = now;
+	/* plain stores, and only of what changed: the entry's cache line stays
+	 * clean on most packets of an established flow */
+	if (e->flags != flags) {
+		e->flags = flags;
+		e->lifetime_ns = ct_lifetime(t->proto, flags);
+	}
+	if (e->last_seen_ns != now)
+		e->last_seen_ns = now;
+	/* packet counts are statistics: a lost increment under a concurrent
+	 * update on another CPU is acceptable, a locked add per packet is not */
 	if (fwd)
-		__sync_fetch_and_add(&e->packets_fwd, 1);
+		e->packets_fwd += 1;
 	else
-		__sync_fetch_and_add(&e->packets_rev, 1);
+		e->packets_rev += 1;
 	return ret;
 }
 

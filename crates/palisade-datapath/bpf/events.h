@@ -34,4 +34,21 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
+/* Events that could not be reserved in the ring (full): never silent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} events_lost SEC(".maps");
+
+static __always_inline void events_lost_inc(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&events_lost, &zero);
+
+	if (n)
+		*n += 1; /* per-CPU value: no atomics needed */
+}
+
 #endif

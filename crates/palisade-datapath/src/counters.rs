@@ -1,4 +1,5 @@
-//! Per-endpoint packet and byte counters (`PERCPU_HASH`).
+//! Per-endpoint packet and byte counters (`PERCPU_ARRAY` fast path for
+//! `ep_id < 4096` and the usual verdicts, `PERCPU_HASH` for the rest).
 //!
 //! Raw layout (`bpf/counters.h`): key `{ep_id u32, direction u8, verdict u8,
 //! reason u16}`, value per CPU `{packets u64, bytes u64}`. Reads sum the CPUs.

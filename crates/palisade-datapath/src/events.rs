@@ -6,13 +6,17 @@
 //! verdict u8, match_type u8, drop_reason u16, tcp_flags u8, ct_state u8,
 //! cookie u32, proxy_port u16, pad u16, pkt_len u32}`. Emitted for drops and
 //! for allows of new connections only.
+//!
+//! Events that do not fit (the ring is full) are counted in the per-CPU
+//! array `events_lost` (one `u64`): [`crate::Datapath::events_lost`],
+//! [`EventReader::events_lost`] and [`events_lost_pinned`] sum it.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 
 use crate::conntrack::CtState;
 use crate::error::{DatapathError, Result};
@@ -184,11 +188,37 @@ impl DatapathEvent {
 /// consumer position: use one reader per ring.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+/// Opens the `events_lost` counter pinned at `<pin_root>/events_lost`.
+fn open_lost(pin_root: &Path) -> Result<PerCpuArray<MapData, u64>> {
+    let path = pin_root.join("events_lost");
+    let data = MapData::from_pin(&path)
+        .map_err(|e| DatapathError::map("open pinned", "events_lost", e))?;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+        .map_err(|e| DatapathError::map("open", "events_lost", e))
+}
+
+/// Events lost because the ring was full (summed over CPUs), read from the
+/// maps pinned under `pin_root` (no [`crate::Datapath`] needed).
+pub fn events_lost_pinned(pin_root: &Path) -> Result<u64> {
+    crate::loader::sum_events_lost(&open_lost(pin_root)?)
 }
 
 impl EventReader {
-    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
-        EventReader { ring }
+    pub(crate) fn new(ring: RingBuf<MapData>, pin_root: &Path) -> Result<Self> {
+        Ok(EventReader {
+            ring,
+            lost: open_lost(pin_root)?,
+        })
+    }
+
+    /// Events the datapath could not emit because the ring was full, summed
+    /// over CPUs, since the maps were created. Every event produced is either
+    /// read from this ring or counted here.
+    pub fn events_lost(&self) -> Result<u64> {
+        crate::loader::sum_events_lost(&self.lost)
     }
 
     /// Opens the ring pinned at `<pin_root>/events` (e.g. from a CLI).
@@ -198,7 +228,10 @@ impl EventReader {
             MapData::from_pin(&path).map_err(|e| DatapathError::map("open pinned", "events", e))?;
         let ring = RingBuf::try_from(aya::maps::Map::RingBuf(data))
             .map_err(|e| DatapathError::map("open", "events", e))?;
-        Ok(EventReader { ring })
+        Ok(EventReader {
+            ring,
+            lost: open_lost(pin_root)?,
+        })
     }
 
     /// Returns the next event, waiting up to `timeout` for one. `Ok(None)`

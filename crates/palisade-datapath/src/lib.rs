@@ -30,7 +30,7 @@ pub use conntrack::{CtEntry, CtKey, CtState, GcStats};
 pub use counters::{CounterEntry, EndpointCounters};
 pub use endpoint::EndpointInfo;
 pub use error::DatapathError;
-pub use events::{DatapathEvent, EventReader, MatchType, Verdict};
+pub use events::{DatapathEvent, EventReader, MatchType, Verdict, events_lost_pinned};
 pub use loader::{Datapath, DatapathConfig, Program};
 pub use policy::{Direction, PolicyKey, PolicyValue, PortBlock, port_range_blocks};
 

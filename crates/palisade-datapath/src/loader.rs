@@ -4,7 +4,7 @@
 //!
 //! Every map is pinned under [`DatapathConfig::pin_root`] by name
 //! (`endpoints`, `ipcache`, `policy`, `policy_revision`, `conntrack`,
-//! `counters`, `events`),
+//! `counters`, `counters_fast`, `events`, `events_lost`),
 //! using aya 0.14's `EbpfLoader::map_pin_path`: when a pin exists aya opens
 //! it and relocates the freshly loaded programs against it (state adopted,
 //! never flushed); otherwise it creates the map and pins it. Before that,
@@ -23,7 +23,9 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapType, PerCpuHashMap, RingBuf};
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapType, PerCpuArray, PerCpuHashMap, RingBuf,
+};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -95,14 +97,16 @@ impl Program {
 }
 
 /// (name, type, key size, value size) of every map this build uses.
-const MAPS: [(&str, MapType, u32, u32); 7] = [
+const MAPS: [(&str, MapType, u32, u32); 9] = [
     ("endpoints", MapType::Hash, 4, 12),
     ("ipcache", MapType::LpmTrie, 8, 4),
     ("policy", MapType::LpmTrie, 16, 12),
     ("conntrack", MapType::LruHash, 20, 56),
     ("policy_revision", MapType::Array, 4, 8),
     ("counters", MapType::PerCpuHash, 8, 16),
+    ("counters_fast", MapType::PerCpuArray, 4, 16),
     ("events", MapType::RingBuf, 0, 0),
+    ("events_lost", MapType::PerCpuArray, 4, 8),
 ];
 
 /// The loaded datapath: programs, the pinned maps and typed writers.
@@ -119,7 +123,9 @@ pub struct Datapath {
     policy: LpmTrie<MapData, RawPolicyKeyData, RawPolicyEntry>,
     conntrack: HashMap<MapData, RawCtKey, RawCtEntry>,
     counters: PerCpuHashMap<MapData, RawCounterKey, RawCounterValue>,
+    counters_fast: PerCpuArray<MapData, RawCounterValue>,
     events: Option<RingBuf<MapData>>,
+    events_lost: PerCpuArray<MapData, u64>,
     policy_revision: Array<MapData, u64>,
     policy_shadow: BTreeMap<u32, BTreeMap<PolicyKey, PolicyValue>>,
 }
@@ -277,8 +283,12 @@ impl Datapath {
             .map_err(|e| DatapathError::map("open", "conntrack", e))?;
         let counters = PerCpuHashMap::try_from(take_map(&mut ebpf, "counters")?)
             .map_err(|e| DatapathError::map("open", "counters", e))?;
+        let counters_fast = PerCpuArray::try_from(take_map(&mut ebpf, "counters_fast")?)
+            .map_err(|e| DatapathError::map("open", "counters_fast", e))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, "events")?)
             .map_err(|e| DatapathError::map("open", "events", e))?;
+        let events_lost = PerCpuArray::try_from(take_map(&mut ebpf, "events_lost")?)
+            .map_err(|e| DatapathError::map("open", "events_lost", e))?;
 
         let policy_revision = Array::try_from(take_map(&mut ebpf, "policy_revision")?)
             .map_err(|e| DatapathError::map("open", "policy_revision", e))?;
@@ -290,7 +300,9 @@ impl Datapath {
             policy,
             conntrack,
             counters,
+            counters_fast,
             events: Some(events),
+            events_lost,
             policy_revision,
             policy_shadow: BTreeMap::new(),
         };
@@ -704,13 +716,30 @@ impl Datapath {
             let (packets, bytes) = values
                 .iter()
                 .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
-            entries.push(CounterEntry {
-                direction: Direction::from_u8(k.direction),
-                verdict: Verdict::from_u8(k.verdict),
-                reason: k.reason,
+            add_counter(
+                &mut entries,
+                k.direction,
+                k.verdict,
+                k.reason,
                 packets,
                 bytes,
-            });
+            );
+        }
+        if ep_id < COUNTERS_FAST_EPS {
+            for slot in 0..COUNTERS_SLOTS {
+                let values = self
+                    .counters_fast
+                    .get(&(ep_id * COUNTERS_SLOTS + slot), 0)
+                    .map_err(|e| DatapathError::map("read", "counters_fast", e))?;
+                let (packets, bytes) = values
+                    .iter()
+                    .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
+                if packets == 0 && bytes == 0 {
+                    continue;
+                }
+                let (direction, verdict, reason) = fast_slot_key(slot);
+                add_counter(&mut entries, direction, verdict, reason, packets, bytes);
+            }
         }
         Ok(EndpointCounters { entries })
     }
@@ -758,12 +787,71 @@ impl Datapath {
 
     // ----- events -----
 
+    /// Events the datapath could not emit because the ring buffer was full,
+    /// summed over CPUs (see [`EventReader::events_lost`] for other processes).
+    pub fn events_lost(&self) -> Result<u64> {
+        sum_events_lost(&self.events_lost)
+    }
+
     /// Takes the event reader (once per datapath; see
     /// [`EventReader::open_pinned`] for other processes).
     pub fn event_reader(&mut self) -> Result<EventReader> {
         self.events
             .take()
-            .map(EventReader::new)
-            .ok_or(DatapathError::EventReaderTaken)
+            .map(|ring| EventReader::new(ring, &self.config.pin_root))
+            .ok_or(DatapathError::EventReaderTaken)?
     }
+}
+
+/// Endpoints with `ep_id` below this count in `counters_fast` (`bpf/counters.h`).
+const COUNTERS_FAST_EPS: u32 = 4096;
+/// Slots per endpoint in `counters_fast`: direction * 4 + kind.
+const COUNTERS_SLOTS: u32 = 8;
+
+/// (direction, verdict, reason) of a `counters_fast` slot.
+fn fast_slot_key(slot: u32) -> (u8, u8, u16) {
+    let direction = (slot / 4) as u8;
+    let (verdict, reason) = match slot % 4 {
+        0 => (0, 0),
+        1 => (1, crate::DROP_POLICY),
+        2 => (1, crate::DROP_POLICY_DENY),
+        _ => (2, 0),
+    };
+    (direction, verdict, reason)
+}
+
+/// Adds a row, merging it with an existing row of the same key.
+fn add_counter(
+    entries: &mut Vec<CounterEntry>,
+    direction: u8,
+    verdict: u8,
+    reason: u16,
+    packets: u64,
+    bytes: u64,
+) {
+    let direction = Direction::from_u8(direction);
+    let verdict = Verdict::from_u8(verdict);
+    if let Some(e) = entries
+        .iter_mut()
+        .find(|e| e.direction == direction && e.verdict == verdict && e.reason == reason)
+    {
+        e.packets += packets;
+        e.bytes += bytes;
+    } else {
+        entries.push(CounterEntry {
+            direction,
+            verdict,
+            reason,
+            packets,
+            bytes,
+        });
+    }
+}
+
+/// Sum over CPUs of the `events_lost` counter.
+pub(crate) fn sum_events_lost(map: &PerCpuArray<MapData, u64>) -> Result<u64> {
+    let values = map
+        .get(&0, 0)
+        .map_err(|e| DatapathError::map("read", "events_lost", e))?;
+    Ok(values.iter().sum())
 }
