@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use palisade_datapath::netns::{self, PodSpec};
 use palisade_datapath::{Datapath, DatapathConfig, DatapathEvent, Verdict as DpVerdict};
-use palisade_policy::cluster::{Namespace, Node};
+use palisade_policy::cluster::{Namespace, Node, Pod};
 use palisade_policy::engine::Engine;
 use palisade_policy::manifest::Object;
-use palisade_policy::mapstate::RuleRef;
+use palisade_policy::mapstate::{MapDelta, RuleRef};
 
 use crate::api::{
     ApplyReport, BpfPolicy, BpfPolicyRow, EndpointRow, FlowEvent, PodInfo, PodRunSpec, Request,
@@ -47,6 +47,10 @@ struct State {
     datapath: Datapath,
     dir_objects: Vec<Sourced>,
     dir_fingerprint: Fingerprint,
+    /// A changed fingerprint seen once: applied only when the next poll
+    /// sees it unchanged, so a file caught mid-write (truncated, then
+    /// written) is never applied.
+    dir_pending: Option<Fingerprint>,
     dir_generation: u64,
     dir_errors: Vec<String>,
     api: ApiStore,
@@ -200,6 +204,55 @@ fn build_engine(
     (make(enforced), Some(make(objects)))
 }
 
+/// The pod the sources (manifests directory, then API: the last wins)
+/// declare under `key`.
+fn declared_pod(dir: &[Sourced], api: &[Sourced], key: &str) -> Option<Pod> {
+    dir.iter()
+        .chain(api)
+        .filter_map(|s| match &s.object {
+            Object::Pod(p) if p.key() == key => Some(p),
+            _ => None,
+        })
+        .next_back()
+        .cloned()
+}
+
+/// Whether the sources declare a namespace.
+fn namespace_declared(dir: &[Sourced], api: &[Sourced], name: &str) -> bool {
+    dir.iter()
+        .chain(api)
+        .any(|s| matches!(&s.object, Object::Namespace(n) if n.name == name))
+}
+
+/// Adds a pod to the engines in place (both views) when the engine takes
+/// its incremental path and the result equals a from-scratch build: a new
+/// pod in a namespace the engine already has, no named ports, and at
+/// least one endpoint resolved. Returns the enforced view's deltas, or
+/// `None` (nothing changed; the caller rebuilds).
+fn add_pod_incremental(
+    engine: &mut Engine,
+    full: Option<&mut Engine>,
+    pod: &Pod,
+) -> Option<BTreeMap<String, MapDelta>> {
+    let eligible = |e: &Engine| {
+        e.state().namespaces.contains_key(&pod.namespace)
+            && !e.state().pods.contains_key(&pod.key())
+            && pod.ports.iter().all(|c| c.name.is_none())
+            && e.endpoints().next().is_some()
+    };
+    if !eligible(engine) || full.as_deref().is_some_and(|f| !eligible(f)) {
+        return None;
+    }
+    if let Some(f) = full {
+        f.apply(Object::Pod(pod.clone()));
+    }
+    Some(engine.apply(Object::Pod(pod.clone())))
+}
+
+#[cfg(test)]
+#[path = "agent_incremental_tests.rs"]
+mod incremental_tests;
+
 fn mac(prefix: u8, ep_id: u32) -> [u8; 6] {
     let b = ep_id.to_be_bytes();
     [0x02, prefix, b[0], b[1], b[2], b[3]]
@@ -285,6 +338,7 @@ impl Agent {
             datapath,
             dir_objects,
             dir_fingerprint,
+            dir_pending: None,
             dir_generation: 0,
             dir_errors,
             api,
@@ -711,6 +765,109 @@ impl Shared {
         Ok(())
     }
 
+    /// A local pod was added (`st.pods` holds it): in place on both
+    /// engines when the engine adds it incrementally, reconciling only the
+    /// endpoints whose maps changed and the pod's ipcache entries; a full
+    /// rebuild otherwise (new namespace, named ports, first endpoint, a
+    /// declared pod it merges over, or an L7 proxy to feed).
+    fn add_pod_and_reconcile(&self, st: &mut State, rec: &PodRecord) {
+        let key = rec.key();
+        let declared = declared_pod(&st.dir_objects, &st.api_objects, &key);
+        let proxied = self
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if declared.is_some() || proxied {
+            return self.rebuild_and_reconcile(st);
+        }
+        let pod = rec.to_pod(&self.config.node_name, None);
+        let Some(deltas) = add_pod_incremental(&mut st.engine, st.full.as_mut(), &pod) else {
+            return self.rebuild_and_reconcile(st);
+        };
+        let mut touched: BTreeSet<String> = deltas.into_keys().collect();
+        touched.insert(key);
+        let prefixes: Vec<palisade_datapath::ipcache::Ipv4Prefix> = pod
+            .ips
+            .iter()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(a) => Some(palisade_datapath::ipcache::Ipv4Prefix::host(*a)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        let endpoints: Vec<EndpointRuntime> = Self::endpoints_runtime(st)
+            .into_iter()
+            .filter(|e| touched.contains(&e.key))
+            .collect();
+        let outcome =
+            reconcile::reconcile_endpoints(&st.engine, &mut st.datapath, &endpoints, &prefixes);
+        for e in &outcome.errors {
+            tracing::error!(error = %e, "reconciliation");
+        }
+        st.status.extend(outcome.status);
+        for k in &touched {
+            if st.pods.contains_key(k) && !st.ifindex.contains_key(k) {
+                st.status.insert(
+                    k.clone(),
+                    EndpointStatus::Error("pod network could not be restored".into()),
+                );
+            }
+        }
+        st.reconciliations += 1;
+        let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
+        for k in &touched {
+            if let Some(m) = st.engine.endpoint_map(k) {
+                attr.cookies.extend(m.cookies());
+            }
+        }
+        attr.book = PeerBook::build(
+            &st.engine,
+            st.full.as_ref(),
+            st.pods.values().map(|r| (r.key(), r.ip, r.ep_id)),
+        );
+        for rec in st.pods.values().filter(|r| touched.contains(&r.key())) {
+            let sel = |d: palisade_policy::api::Direction| {
+                st.engine
+                    .endpoint_map(&rec.key())
+                    .map(|m| {
+                        m.enforcement(d)
+                            .selected_by
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            attr.endpoints.insert(
+                rec.ep_id,
+                (
+                    rec.key(),
+                    sel(palisade_policy::api::Direction::Ingress),
+                    sel(palisade_policy::api::Direction::Egress),
+                ),
+            );
+        }
+    }
+
+    /// A local pod was removed (`st.pods` no longer holds it):
+    /// `Engine::delete_pod` on both engines in place (no rebuild from every
+    /// source), unless a declared pod takes its place or its synthesised
+    /// namespace goes with it (then a full rebuild).
+    fn remove_pod_and_reconcile(&self, st: &mut State, rec: &PodRecord) {
+        let key = rec.key();
+        let ns_stays = st.pods.values().any(|p| p.namespace == rec.namespace)
+            || namespace_declared(&st.dir_objects, &st.api_objects, &rec.namespace);
+        if !ns_stays || declared_pod(&st.dir_objects, &st.api_objects, &key).is_some() {
+            return self.rebuild_and_reconcile(st);
+        }
+        st.engine.delete_pod(&key);
+        if let Some(f) = st.full.as_mut() {
+            f.delete_pod(&key);
+        }
+        self.reconcile_locked(st);
+    }
+
     fn rebuild_and_reconcile(&self, st: &mut State) {
         let (engine, full) = build_engine(&self.config, &st.dir_objects, &st.api_objects, &st.pods);
         st.engine = engine;
@@ -806,8 +963,15 @@ impl Shared {
         let fp = sources::fingerprint(dir);
         let mut st = self.lock();
         if fp == st.dir_fingerprint {
+            st.dir_pending = None;
             return false;
         }
+        if st.dir_pending.as_ref() != Some(&fp) {
+            // Changed since the last poll: wait until it is stable.
+            st.dir_pending = Some(fp);
+            return false;
+        }
+        st.dir_pending = None;
         st.dir_fingerprint = fp;
         st.dir_generation += 1;
         match sources::read_dir(dir)
@@ -1024,7 +1188,7 @@ impl Shared {
         st.ifindex.insert(key.clone(), ifindex);
         let records: Vec<PodRecord> = st.pods.values().cloned().collect();
         store::write_json(&pods_path(&self.config), &records)?;
-        self.rebuild_and_reconcile(&mut st);
+        self.add_pod_and_reconcile(&mut st, &rec);
         tracing::info!(pod = %key, %ip, ep_id, "pod running");
         Ok(Self::pod_info(&st, &rec))
     }
@@ -1062,7 +1226,7 @@ impl Shared {
             netns::delete_netns(&rec.netns)?;
         }
         st.ipam.release(rec.ip)?;
-        self.rebuild_and_reconcile(&mut st);
+        self.remove_pod_and_reconcile(&mut st, &rec);
         tracing::info!(pod = %key, "pod deleted");
         Ok(())
     }

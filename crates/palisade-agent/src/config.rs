@@ -103,7 +103,9 @@ pub struct AgentConfig {
     /// Maximum policy entries per endpoint.
     pub policy_capacity: usize,
     /// How often the manifests directory is polled (its files' sizes and
-    /// mtimes: cheap), which bounds apply-to-enforced for file changes.
+    /// mtimes: cheap). A change is applied once it has been stable for one
+    /// interval, so a file caught mid-write is never applied; apply-to-enforced
+    /// for file changes is therefore at most two intervals plus the apply.
     pub watch_interval: Duration,
     /// How often conntrack is garbage-collected.
     pub gc_interval: Duration,
