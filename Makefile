@@ -26,7 +26,7 @@ lab: build
 test: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	$(CARGO) test --locked --workspace
+	$(CARGO) test --locked --workspace --no-fail-fast
 
 bench: deps
 	$(CARGO) bench -p palisade-policy
