@@ -48,8 +48,10 @@ pub struct AgentArgs {
     /// /metrics. Default 127.0.0.1:9962 (loopback only); `off` disables them.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub web_listen: Option<String>,
-    /// Run the HTTP/gRPC L7 proxy inside the agent (node namespace, port
-    /// 15001); its requests become L7 flows. Without it, run `palisade proxy`.
+    /// Run the L7 proxies inside the agent (node namespace): HTTP/gRPC on
+    /// 15001, DNS on 15053 (toFQDNs learning, `palisade fqdn cache list`),
+    /// Kafka on 15092; their records become L7 flows. Without it, run
+    /// `palisade proxy`.
     #[arg(long)]
     pub l7_proxy: bool,
 }

@@ -796,6 +796,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         total += t;
         mismatches += m;
     }
+    if !interrupted && !live::stopping() {
+        let (t, m) = dns_section(&agent, &world, timeout)?;
+        total += t;
+        mismatches += m;
+    }
     guard.agent = Some(agent);
     drop(guard);
     if interrupted || live::stopping() {
@@ -812,7 +817,7 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!(
-        "Still to come in this lab: gRPC and Kafka rules, and DNS-aware policy (toFQDNs through the DNS proxy with a DNS server in a pod); the agent does not run the DNS and Kafka proxies yet (they run standalone, see their tests)."
+        "Still to come in this lab: gRPC and Kafka rules (the agent's L7 proxies enforce them; see crates/palisade-proxy/tests/grpc.rs and kafka.rs), and a learned name expiring with its TTL."
     );
     println!("Cleaned up: pods, world and node namespaces, pinned maps and links.");
     Ok(if mismatches == 0 {
@@ -1118,5 +1123,240 @@ fn l7_section(agent: &Agent, w: &World, timeout: Duration) -> anyhow::Result<(us
             .map_err(|e| anyhow::anyhow!("deleting {file}: {e}"))?;
     }
     drop(servers);
+    Ok((total, mismatches))
+}
+
+const DNS_POLICY: &str = r#"apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: frontend-fqdn
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels:
+      app: frontend
+  egress:
+    - toEndpoints:
+        - matchLabels:
+            io.kubernetes.pod.namespace: kube-system
+            k8s-app: kube-dns
+      toPorts:
+        - ports:
+            - port: "53"
+              protocol: UDP
+          rules:
+            dns:
+              - matchPattern: "*.example.com"
+    - toFQDNs:
+        - matchName: api.example.com
+      toPorts:
+        - ports:
+            - port: "80"
+              protocol: TCP
+"#;
+
+/// dnsmasq (Debian `dnsmasq-base`) in a pod; killed on drop.
+struct LabDnsmasq {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for LabDnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn lab_dns_query(
+    ns: &str,
+    server: Ipv4Addr,
+    name: &str,
+    id: u16,
+) -> anyhow::Result<palisade_proxy::dns::wire::Message> {
+    use palisade_proxy::dns::wire;
+    let sock = netns::in_netns(ns, || std::net::UdpSocket::bind("0.0.0.0:0"))??;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send_to(
+        &wire::build_query(id, name, wire::TYPE_A, None),
+        (server, 53),
+    )?;
+    let mut buf = vec![0u8; 65_535];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    wire::Message::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("a malformed answer: {e:?}"))
+}
+
+/// DNS-aware policy: a dnsmasq pod, a CNP with a DNS rule and `toFQDNs`;
+/// the world address is denied until frontend resolves the name through
+/// the agent's DNS proxy, then allowed on the first connection; a name the
+/// DNS rule does not allow is REFUSED; the FQDN cache as `palisade fqdn
+/// cache list` shows it.
+fn dns_section(agent: &Agent, w: &World, timeout: Duration) -> anyhow::Result<(usize, usize)> {
+    use palisade_proxy::dns::wire::{RCODE_REFUSED, Rdata};
+    println!(
+        "\n== DNS: toFQDNs through the agent's DNS proxy (api.example.com is {WORLD}, the world namespace)"
+    );
+    let info = agent.run_pod(PodRunSpec {
+        namespace: "kube-system".into(),
+        name: "coredns".into(),
+        labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
+        ports: vec![PortSpec::parse("dns:53/UDP").map_err(anyhow::Error::msg)?],
+        ip: None,
+        service_account: None,
+    })?;
+    let dir = std::env::temp_dir().join(format!("palisade-lab-dnsmasq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("hosts"),
+        format!("{WORLD} api.example.com\n{CIDR_ALLOWED} evil.example.net\n"),
+    )?;
+    std::fs::write(
+        dir.join("dnsmasq.conf"),
+        format!(
+            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={ip}\nport=53\n\
+addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
+            ip = info.ip,
+            hosts = dir.join("hosts").display(),
+            pid = dir.join("pid").display(),
+        ),
+    )?;
+    netns::ip(&["-n", &info.netns, "link", "set", "lo", "up"])?;
+    let child = match std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &info.netns,
+            "dnsmasq",
+            "--keep-in-foreground",
+        ])
+        .arg(format!(
+            "--conf-file={}",
+            dir.join("dnsmasq.conf").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "   skipped: dnsmasq does not run ({e}); install the Debian package dnsmasq-base"
+            );
+            return Ok((0, 0));
+        }
+    };
+    let _dnsmasq = LabDnsmasq { child, dir };
+    if !traffic::wait_until(Duration::from_secs(10), || {
+        lab_dns_query(&info.netns, info.ip, "api.example.com", 1).is_ok()
+    }) {
+        bail!("dnsmasq did not answer in {}", info.netns);
+    }
+    println!(
+        "   pod kube-system/coredns {} (k8s-app=kube-dns, dnsmasq)",
+        info.ip
+    );
+    agent
+        .apply_text("frontend-fqdn.yaml", DNS_POLICY)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", e.diagnostics().join("; ")))?;
+    println!(
+        "   applied frontend-fqdn.yaml: DNS rule *.example.com on 53/UDP to kube-dns, toFQDNs api.example.com on 80/TCP"
+    );
+    let probe = [p(FE, Ext(WORLD), Tcp(80))];
+    let (mut total, mut mismatches) = (0, 0);
+    println!("   before resolving api.example.com:");
+    let before = measure(agent, w, &probe, None, timeout);
+    total += before.len();
+    mismatches += before.iter().filter(|r| r.mismatch).count();
+    print_rows(w, &before, false);
+
+    let fe_ns = &w.pods["default/frontend"].0;
+    let seq = agent.flows().page(None, Some(0)).next;
+    let t0 = Instant::now();
+    let answer = lab_dns_query(fe_ns, info.ip, "api.example.com", 0x4242)?;
+    let took = t0.elapsed();
+    let ips: Vec<String> = answer
+        .answers
+        .iter()
+        .filter_map(|r| match r.data {
+            Rdata::A(a) => Some(a.to_string()),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "   default/frontend resolves api.example.com via {}: {} in {} ms (learned and written to the kernel maps before the answer was released)",
+        info.ip,
+        ips.join(", "),
+        took.as_millis()
+    );
+    println!("   right after the answer (the first connection):");
+    let befores: Vec<Outcome> = before.into_iter().map(|r| r.wire).collect();
+    let after = measure(agent, w, &probe, Some(befores), timeout);
+    total += after.len();
+    mismatches += after.iter().filter(|r| r.mismatch).count();
+    print_rows(w, &after, true);
+
+    let refused = lab_dns_query(fe_ns, info.ip, "evil.example.net", 7)?;
+    let refused_ok = refused.header.rcode == RCODE_REFUSED;
+    total += 1;
+    if !refused_ok {
+        mismatches += 1;
+    }
+    println!(
+        "   {} default/frontend resolves evil.example.net: rcode {} (the DNS rule allows *.example.com only; expected REFUSED)",
+        if refused_ok { "ok      " } else { "MISMATCH" },
+        palisade_proxy::dns::record::rcode_name(refused.header.rcode)
+    );
+    let _ = traffic::wait_until(Duration::from_millis(500), || {
+        agent
+            .flows()
+            .page(Some(seq), None)
+            .flows
+            .iter()
+            .filter(|r| {
+                r.flow
+                    .as_ref()
+                    .is_some_and(|f| f.l7.as_ref().is_some_and(|l| l.dns.is_some()))
+            })
+            .count()
+            >= 2
+    });
+    println!("   the DNS proxy's L7 flows:");
+    for f in agent
+        .flows()
+        .page(Some(seq), None)
+        .flows
+        .iter()
+        .filter_map(|r| r.flow.as_ref())
+        .filter(|f| f.l7.as_ref().is_some_and(|l| l.dns.is_some()))
+    {
+        let rules: Vec<String> = f.extensions.iter().flat_map(|e| e.rules.clone()).collect();
+        let dns = f.l7.as_ref().and_then(|l| l.dns.as_ref());
+        println!(
+            "     {} {} {}",
+            dns.map_or("", |d| d.query.as_str()),
+            f.summary,
+            if rules.is_empty() {
+                String::new()
+            } else {
+                format!("(by {})", rules.join("; "))
+            }
+        );
+    }
+    let r = agent.handle(palisade_agent::Request::FqdnCacheList);
+    let rows: Vec<palisade_proxy::dns::CacheRow> = r
+        .result
+        .map(serde_json::from_value)
+        .transpose()?
+        .unwrap_or_default();
+    println!("   `palisade fqdn cache list`:");
+    let (headers, body) = super::fqdn::render(&rows);
+    for line in super::fqdn::table(&headers, &body).lines() {
+        println!("     {line}");
+    }
+    agent
+        .delete_text("frontend-fqdn.yaml", DNS_POLICY)
+        .map_err(|e| anyhow::anyhow!("deleting frontend-fqdn.yaml: {e}"))?;
     Ok((total, mismatches))
 }
