@@ -14,6 +14,21 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Copies `len` packet bytes at `off` into `to`: direct packet access when
+ * they are in the linear part (the common case, no helper call), else
+ * bpf_skb_load_bytes. Returns < 0 when the bytes are not there. */
+static __always_inline int pkt_load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (off <= 256 && data + off + len <= data_end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* Parses an IPv4 header at `off` and its L4 ports/flags into `t`.
  * Returns the L4 offset, or -1 if the header cannot be read. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct pkt_tuple *t,
@@ -22,7 +37,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	struct iphdr iph;
 	__u32 l4;
 
-	if (bpf_skb_load_bytes(skb, off, &iph, sizeof(iph)) < 0)
+	if (pkt_load(skb, off, &iph, sizeof(iph)) < 0)
 		return -1;
 	if (iph.version != 4 || iph.ihl < 5)
 		return -1;
@@ -38,7 +53,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	case IPPROTO_TCP: {
 		__u8 hdr[14];
 
-		if (bpf_skb_load_bytes(skb, l4, hdr, ports_only ? 4 : sizeof(hdr)) < 0)
+		if (ports_only ? pkt_load(skb, l4, hdr, 4) < 0 :
+				 pkt_load(skb, l4, hdr, sizeof(hdr)) < 0)
 			return l4;
 		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
 		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
@@ -49,7 +65,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	case IPPROTO_UDP: {
 		__u8 hdr[4];
 
-		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
+		if (pkt_load(skb, l4, hdr, sizeof(hdr)) < 0)
 			return l4;
 		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
 		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
@@ -58,7 +74,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	case IPPROTO_ICMP: {
 		__u8 hdr[8];
 
-		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
+		if (pkt_load(skb, l4, hdr, sizeof(hdr)) < 0)
 			return l4;
 		t->icmp_type = hdr[0];
 		/* as Cilium: the ICMP type takes the destination port's place */
@@ -118,7 +134,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int enforce = 1, ct, has_inner = 0, off;
 	__u64 now;
 
-	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)) < 0)
+	if (pkt_load(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)) < 0)
 		return TC_ACT_OK;
 	if (proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK; /* ARP passes; IPv6 is not enforced yet */
@@ -135,7 +151,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (inner.proto == IPPROTO_ICMP) {
 				__u8 hdr[6];
 
-				if (bpf_skb_load_bytes(skb, l4 + 8 + 20 + 4, hdr, 2) >= 0)
+				if (pkt_load(skb, l4 + 8 + 20 + 4, hdr, 2) >= 0)
 					inner.icmp_id = ((__u16)hdr[0] << 8) | hdr[1];
 			}
 		}
