@@ -127,7 +127,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct pkt_tuple t = {}, inner = {};
 	struct policy_verdict v = {};
-	struct endpoint_info *ep;
+	struct endpoint_info ep;
 	struct ct_entry *fwd = 0;
 	__u32 rev, ep_id = 0, local_id = 0, remote_id, l4;
 	__u16 proto;
@@ -157,11 +157,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
-	ep = endpoint_lookup(skb->ifindex);
-	if (ep) {
-		ep_id = ep->ep_id;
-		local_id = ep->identity;
-		enforce = endpoint_enforces(ep, dir);
+	if (endpoint_lookup(skb->ifindex, &ep)) {
+		ep_id = ep.ep_id;
+		local_id = ep.identity;
+		enforce = endpoint_enforces(&ep, dir);
 	}
 	/* an interface we are attached to without an endpoint: default deny */
 	/* conntrack time: the coarse monotonic clock (same base as

@@ -3,7 +3,7 @@
 //! # Pinning and adoption
 //!
 //! Every map is pinned under [`DatapathConfig::pin_root`] by name
-//! (`endpoints`, `ipcache`, `policy`, `policy_revision`, `conntrack`,
+//! (`endpoints`, `endpoints_fast`, `ipcache`, `policy`, `policy_revision`, `conntrack`,
 //! `counters`, `counters_fast`, `events`, `events_lost`),
 //! using aya 0.14's `EbpfLoader::map_pin_path`: when a pin exists aya opens
 //! it and relocates the freshly loaded programs against it (state adopted,
@@ -97,8 +97,9 @@ impl Program {
 }
 
 /// (name, type, key size, value size) of every map this build uses.
-const MAPS: [(&str, MapType, u32, u32); 9] = [
+const MAPS: [(&str, MapType, u32, u32); 10] = [
     ("endpoints", MapType::Hash, 4, 12),
+    ("endpoints_fast", MapType::Array, 4, 12),
     ("ipcache", MapType::LpmTrie, 8, 4),
     ("policy", MapType::LpmTrie, 16, 12),
     ("conntrack", MapType::LruHash, 20, 56),
@@ -119,6 +120,7 @@ pub struct Datapath {
     config: DatapathConfig,
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, RawEndpointInfo>,
+    endpoints_fast: Array<MapData, RawEndpointInfo>,
     ipcache: LpmTrie<MapData, u32, u32>,
     policy: LpmTrie<MapData, RawPolicyKeyData, RawPolicyEntry>,
     conntrack: HashMap<MapData, RawCtKey, RawCtEntry>,
@@ -275,6 +277,8 @@ impl Datapath {
 
         let endpoints = HashMap::try_from(take_map(&mut ebpf, "endpoints")?)
             .map_err(|e| DatapathError::map("open", "endpoints", e))?;
+        let endpoints_fast = Array::try_from(take_map(&mut ebpf, "endpoints_fast")?)
+            .map_err(|e| DatapathError::map("open", "endpoints_fast", e))?;
         let ipcache = LpmTrie::try_from(take_map(&mut ebpf, "ipcache")?)
             .map_err(|e| DatapathError::map("open", "ipcache", e))?;
         let policy = LpmTrie::try_from(take_map(&mut ebpf, "policy")?)
@@ -296,6 +300,7 @@ impl Datapath {
             config,
             ebpf,
             endpoints,
+            endpoints_fast,
             ipcache,
             policy,
             conntrack,
@@ -306,6 +311,10 @@ impl Datapath {
             policy_revision,
             policy_shadow: BTreeMap::new(),
         };
+        // the fast copy follows the hash (e.g. pins written by an older build)
+        for (ifindex, info) in dp.endpoints()? {
+            dp.set_endpoint_fast(ifindex, Some(info))?;
+        }
         for (key, value) in dp.scan_policy(None)? {
             dp.policy_shadow
                 .entry(key.ep_id)
@@ -515,11 +524,35 @@ impl Datapath {
         self.endpoints
             .insert(ifindex, info.to_raw(), 0)
             .map_err(|e| DatapathError::map("insert", "endpoints", e))?;
+        self.set_endpoint_fast(ifindex, Some(info))?;
         self.bump_policy_revision()
+    }
+
+    /// Writes (or clears) `ifindex`'s entry in the `endpoints_fast` array.
+    fn set_endpoint_fast(&mut self, ifindex: u32, info: Option<EndpointInfo>) -> Result<()> {
+        if ifindex >= ENDPOINTS_FAST_MAX {
+            return Ok(());
+        }
+        let raw = match info {
+            Some(info) => {
+                let mut raw = info.to_raw();
+                raw.flags |= EP_PRESENT;
+                raw
+            }
+            None => RawEndpointInfo {
+                ep_id: 0,
+                identity: 0,
+                flags: 0,
+            },
+        };
+        self.endpoints_fast
+            .set(ifindex, raw, 0)
+            .map_err(|e| DatapathError::map("update", "endpoints_fast", e))
     }
 
     /// Removes the endpoint behind `ifindex` (absent is not an error).
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        self.set_endpoint_fast(ifindex, None)?;
         match self.endpoints.remove(&ifindex) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => self.bump_policy_revision(),
             Err(e) => Err(DatapathError::map("remove", "endpoints", e)),
@@ -855,3 +888,8 @@ pub(crate) fn sum_events_lost(map: &PerCpuArray<MapData, u64>) -> Result<u64> {
         .map_err(|e| DatapathError::map("read", "events_lost", e))?;
     Ok(values.iter().sum())
 }
+
+/// Ifindexes below this have a copy in `endpoints_fast` (`bpf/endpoint.h`).
+const ENDPOINTS_FAST_MAX: u32 = 65536;
+/// Flag of a valid `endpoints_fast` entry.
+const EP_PRESENT: u32 = 0x8000_0000;
