@@ -153,6 +153,92 @@ pub fn cookie_table(engine: &Engine) -> BTreeMap<u32, RuleRef> {
     t
 }
 
+/// Writes one endpoint's policy, then its endpoint entry (if it changed).
+fn sync_endpoint(
+    engine: &Engine,
+    dp: &mut Datapath,
+    ep: &EndpointRuntime,
+    current: Option<&EndpointInfo>,
+) -> EndpointStatus {
+    let (Some(id), Some(map)) = (
+        engine.endpoint_identity(&ep.key),
+        engine.endpoint_map(&ep.key),
+    ) else {
+        return EndpointStatus::NotReady(
+            "not an endpoint of this node in the cluster state".into(),
+        );
+    };
+    let desired = desired_policy(ep.ep_id, map);
+    // Policy before the endpoint entry: a new identity never runs
+    // against an empty map.
+    let status = match dp.policy_sync(ep.ep_id, &desired) {
+        Ok(()) => EndpointStatus::Ready,
+        Err(e @ DatapathError::PolicyCapacity { .. }) => {
+            tracing::error!(endpoint = %ep.key, error = %e, "policy map overflow; endpoint keeps its last good policy");
+            EndpointStatus::Error(format!("policy map overflow: {e}"))
+        }
+        Err(e) => {
+            tracing::error!(endpoint = %ep.key, error = %e, "writing policy failed");
+            EndpointStatus::Error(e.to_string())
+        }
+    };
+    let info = EndpointInfo {
+        ep_id: ep.ep_id,
+        identity: id,
+        // The resolved map always holds an allow-all entry for a
+        // direction without default deny, so the kernel can enforce
+        // both directions and compute exactly `PolicyMap::lookup`.
+        enforce_ingress: true,
+        enforce_egress: true,
+    };
+    if current != Some(&info)
+        && let Err(e) = dp.set_endpoint(ep.ifindex, info)
+    {
+        return EndpointStatus::Error(e.to_string());
+    }
+    status
+}
+
+/// Reconciles only what an incremental engine change touched: the ipcache
+/// entries of `prefixes` (written from the engine's ipcache, removed when
+/// it has none) and the endpoints whose maps changed. Endpoints and
+/// ipcache entries outside these sets are left alone; no stale-endpoint
+/// sweep (the full [`reconcile`] does that).
+pub fn reconcile_endpoints(
+    engine: &Engine,
+    dp: &mut Datapath,
+    endpoints: &[EndpointRuntime],
+    prefixes: &[Ipv4Prefix],
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut removals = Vec::new();
+    for p in prefixes {
+        let (id, hit) = engine.ipcache().lookup(IpAddr::V4(p.addr()));
+        let exact = hit.is_some_and(|c| c.addr == IpAddr::V4(p.addr()) && c.len == p.len());
+        if exact {
+            match dp.ipcache_upsert(*p, id) {
+                Ok(()) => out.ipcache_changes += 1,
+                Err(e) => out.errors.push(format!("ipcache {p} -> {id}: {e}")),
+            }
+        } else {
+            removals.push(*p);
+        }
+    }
+    let current: BTreeMap<u32, EndpointInfo> =
+        dp.endpoints().unwrap_or_default().into_iter().collect();
+    for ep in endpoints {
+        let status = sync_endpoint(engine, dp, ep, current.get(&ep.ifindex));
+        out.status.insert(ep.key.clone(), status);
+    }
+    for p in removals {
+        match dp.ipcache_remove(p) {
+            Ok(()) => out.ipcache_changes += 1,
+            Err(e) => out.errors.push(format!("ipcache remove {p}: {e}")),
+        }
+    }
+    out
+}
+
 /// Reconciles the datapath to the engine for `endpoints`. Idempotent.
 pub fn reconcile(
     engine: &Engine,
@@ -183,48 +269,7 @@ pub fn reconcile(
     let current: BTreeMap<u32, EndpointInfo> =
         dp.endpoints().unwrap_or_default().into_iter().collect();
     for ep in endpoints {
-        let (Some(id), Some(map)) = (
-            engine.endpoint_identity(&ep.key),
-            engine.endpoint_map(&ep.key),
-        ) else {
-            out.status.insert(
-                ep.key.clone(),
-                EndpointStatus::NotReady(
-                    "not an endpoint of this node in the cluster state".into(),
-                ),
-            );
-            continue;
-        };
-        let desired = desired_policy(ep.ep_id, map);
-        // Policy before the endpoint entry: a new identity never runs
-        // against an empty map.
-        let status = match dp.policy_sync(ep.ep_id, &desired) {
-            Ok(()) => EndpointStatus::Ready,
-            Err(e @ DatapathError::PolicyCapacity { .. }) => {
-                tracing::error!(endpoint = %ep.key, error = %e, "policy map overflow; endpoint keeps its last good policy");
-                EndpointStatus::Error(format!("policy map overflow: {e}"))
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %ep.key, error = %e, "writing policy failed");
-                EndpointStatus::Error(e.to_string())
-            }
-        };
-        let info = EndpointInfo {
-            ep_id: ep.ep_id,
-            identity: id,
-            // The resolved map always holds an allow-all entry for a
-            // direction without default deny, so the kernel can enforce
-            // both directions and compute exactly `PolicyMap::lookup`.
-            enforce_ingress: true,
-            enforce_egress: true,
-        };
-        if current.get(&ep.ifindex) != Some(&info)
-            && let Err(e) = dp.set_endpoint(ep.ifindex, info)
-        {
-            out.status
-                .insert(ep.key.clone(), EndpointStatus::Error(e.to_string()));
-            continue;
-        }
+        let status = sync_endpoint(engine, dp, ep, current.get(&ep.ifindex));
         out.status.insert(ep.key.clone(), status);
     }
     // 3. endpoints the datapath has but we do not run any more.

@@ -1,0 +1,237 @@
+//! The agent's incremental pod path equals a from-scratch build: after any
+//! sequence of local pod adds and deletes applied in place to the engines
+//! (enforced and full view), every endpoint map, identity and ipcache entry
+//! equals `build_engine` over the same sources.
+
+use super::*;
+use crate::sources::{SourceFile, parse_all};
+
+const NODE: &str = "local";
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        node_name: NODE.into(),
+        ..Default::default()
+    }
+}
+
+fn sources(remote: usize) -> Vec<Sourced> {
+    let mut text = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {kubernetes.io/metadata.name: default}}\n",
+    );
+    text.push_str("---\napiVersion: v1\nkind: Node\nmetadata: {name: remote}\nstatus: {addresses: [{type: InternalIP, address: 192.168.50.2}]}\n");
+    for i in 0..remote {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: default, labels: {{app: svc-{i}, role: {}}}}}\nspec: {{nodeName: remote}}\nstatus: {{podIP: 10.100.0.{}}}\n",
+            if i % 2 == 0 { "local" } else { "remote" },
+            i + 1
+        ));
+    }
+    text.push_str(
+        r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: local-ingress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {role: local}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {role: local}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: audited-egress
+  namespace: default
+  annotations: {palisade.io/audit: "true"}
+spec:
+  endpointSelector: {matchLabels: {role: local}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: svc-1}}]
+"#,
+    );
+    parse_all(
+        &[SourceFile {
+            name: "cluster.yaml".into(),
+            text,
+        }],
+        &Default::default(),
+    )
+    .expect("valid manifests")
+}
+
+fn record(i: u32, labels: &[(&str, &str)]) -> PodRecord {
+    PodRecord {
+        namespace: "default".into(),
+        name: format!("l{i}"),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ports: vec![],
+        service_account: "default".into(),
+        ip: Ipv4Addr::new(10, 246, 0, 10 + i as u8),
+        ep_id: i + 1,
+        netns: format!("n-{i}"),
+        host_ifname: format!("lxc{i}"),
+    }
+}
+
+/// Everything observable of an engine's resolution.
+fn snapshot(e: &Engine) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = e
+        .endpoints()
+        .map(|(k, id, m)| {
+            serde_json::json!({
+                "pod": k,
+                "identity": id,
+                "entries": m.entries.iter().map(|(k, e)| format!("{k:?} {e:?}")).collect::<Vec<_>>(),
+                "ingress": format!("{:?}", m.ingress),
+                "egress": format!("{:?}", m.egress),
+                "contributions": m.contributions.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let identities: Vec<String> = e
+        .identities()
+        .iter()
+        .map(|i| format!("{} {:?}", i.id, i.labels))
+        .collect();
+    // The ipcache iterates in hash order: sorted.
+    let mut ipcache: Vec<String> = e
+        .ipcache()
+        .iter()
+        .map(|(c, id)| format!("{c:?} {id}"))
+        .collect();
+    ipcache.sort();
+    serde_json::json!({"endpoints": endpoints, "identities": identities, "ipcache": ipcache})
+}
+
+/// The first difference between two snapshots (a short message).
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    for part in ["endpoints", "identities", "ipcache"] {
+        let (x, y) = (&a[part], &b[part]);
+        if x != y {
+            let (xs, ys) = (x.as_array()?, y.as_array()?);
+            if xs.len() != ys.len() {
+                return Some(format!("{part}: {} vs {} items", xs.len(), ys.len()));
+            }
+            let i = xs.iter().zip(ys).position(|(p, q)| p != q)?;
+            return Some(format!("{part}[{i}]: {} vs {}", xs[i], ys[i]));
+        }
+    }
+    None
+}
+
+fn assert_same(step: &str, inc: &(Engine, Option<Engine>), scratch: &(Engine, Option<Engine>)) {
+    if let Some(d) = first_difference(&snapshot(&inc.0), &snapshot(&scratch.0)) {
+        panic!("{step}: the enforced view differs from a from-scratch build: {d}");
+    }
+    let (Some(fi), Some(fs)) = (&inc.1, &scratch.1) else {
+        panic!("{step}: the audited policy makes a full view in both");
+    };
+    if let Some(d) = first_difference(&snapshot(fi), &snapshot(fs)) {
+        panic!("{step}: the full view differs from a from-scratch build: {d}");
+    }
+}
+
+#[test]
+fn pod_adds_and_deletes_in_place_equal_a_from_scratch_build() {
+    let cfg = config();
+    let dir = sources(40);
+    let mut pods = BTreeMap::new();
+    let first = record(0, &[("role", "local"), ("idx", "l0")]);
+    pods.insert(first.key(), first);
+    let mut inc = build_engine(&cfg, &dir, &[], &pods);
+    let mut deltas_seen = 0;
+    let script: Vec<(bool, u32)> = vec![
+        (true, 1),
+        (true, 2),
+        (true, 3),
+        (false, 2),
+        (true, 4),
+        (true, 5),
+        (false, 0),
+        (false, 4),
+        (true, 2),
+        (true, 6),
+    ];
+    for (add, i) in script {
+        let step = format!("{} l{i}", if add { "add" } else { "delete" });
+        if add {
+            // Same labels twice (l2/l5 share `role=local,tier=x`): the
+            // second pod reuses an identity.
+            let labels: Vec<(&str, &str)> = match i {
+                2 | 5 => vec![("role", "local"), ("tier", "x")],
+                6 => vec![("role", "other")],
+                _ => vec![("role", "local")],
+            };
+            let mut rec = record(i, &labels);
+            if ![2, 5].contains(&i) {
+                rec.labels.insert("idx".into(), format!("l{i}"));
+            }
+            let pod = rec.to_pod(NODE, None);
+            pods.insert(rec.key(), rec);
+            let d = add_pod_incremental(&mut inc.0, inc.1.as_mut(), &pod)
+                .expect("a new pod in a known namespace takes the incremental path");
+            deltas_seen += d.len();
+            assert!(
+                d.contains_key(&pod.key()),
+                "{step}: the new endpoint's delta"
+            );
+        } else {
+            let key = format!("default/l{i}");
+            pods.remove(&key);
+            inc.0.delete_pod(&key);
+            if let Some(f) = inc.1.as_mut() {
+                f.delete_pod(&key);
+            }
+        }
+        let scratch = build_engine(&cfg, &dir, &[], &pods);
+        assert_same(&step, &inc, &scratch);
+    }
+    assert!(deltas_seen > 6, "adds touch the other endpoints too");
+}
+
+#[test]
+fn incremental_add_declines_what_needs_a_rebuild() {
+    let cfg = config();
+    let dir = sources(4);
+    let mut pods = BTreeMap::new();
+    // No endpoint yet: the engine would rebuild.
+    let mut empty = build_engine(&cfg, &dir, &[], &pods);
+    let first = record(0, &[("role", "local")]);
+    assert!(
+        add_pod_incremental(&mut empty.0, empty.1.as_mut(), &first.to_pod(NODE, None)).is_none()
+    );
+    pods.insert(first.key(), first);
+    let mut e = build_engine(&cfg, &dir, &[], &pods);
+    let before = snapshot(&e.0);
+    // A namespace the cluster state does not hold (the agent synthesises it).
+    let mut other = record(1, &[("role", "local")]);
+    other.namespace = "other".into();
+    assert!(add_pod_incremental(&mut e.0, e.1.as_mut(), &other.to_pod(NODE, None)).is_none());
+    // Named ports.
+    let mut named = record(2, &[("role", "local")]);
+    named.ports = vec![crate::api::PortSpec {
+        name: Some("http".into()),
+        port: 80,
+        protocol: "TCP".into(),
+    }];
+    assert!(add_pod_incremental(&mut e.0, e.1.as_mut(), &named.to_pod(NODE, None)).is_none());
+    // A pod that exists already.
+    assert!(
+        add_pod_incremental(
+            &mut e.0,
+            e.1.as_mut(),
+            &record(0, &[("role", "x")]).to_pod(NODE, None)
+        )
+        .is_none()
+    );
+    assert_eq!(snapshot(&e.0), before, "declined adds change nothing");
+    // Declared pods and namespaces in the sources.
+    assert!(declared_pod(&dir, &[], "default/r1").is_some());
+    assert!(declared_pod(&dir, &[], "default/l0").is_none());
+    assert!(namespace_declared(&dir, &[], "default"));
+    assert!(!namespace_declared(&dir, &[], "other"));
+}
