@@ -89,7 +89,8 @@ fn main() {
         installed = n.saturating_sub(1);
         dp.policy_apply(EP, &adds, &[]).expect("policy");
         let total = dp.policy_len(EP);
-        // established flow: conntrack hit + policy re-check (2 LPM lookups)
+        // established flow: conntrack hit, verdict cached for the current policy
+        // revision (no LPM lookup); a revision bump re-checks it once
         let (ns, rv) = run(&dp, &allowed);
         println!(
             "{:<44} {:>10} {:>8}",
