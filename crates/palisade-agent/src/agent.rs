@@ -21,7 +21,7 @@ use palisade_datapath::{Datapath, DatapathConfig, DatapathEvent, Verdict as DpVe
 use palisade_policy::cluster::{Namespace, Node, Pod};
 use palisade_policy::engine::Engine;
 use palisade_policy::manifest::Object;
-use palisade_policy::mapstate::{MapDelta, RuleRef};
+use palisade_policy::mapstate::RuleRef;
 
 use crate::api::{
     ApplyReport, BpfPolicy, BpfPolicyRow, EndpointRow, FlowEvent, PodInfo, PodRunSpec, Request,
@@ -233,7 +233,7 @@ fn add_pod_incremental(
     engine: &mut Engine,
     full: Option<&mut Engine>,
     pod: &Pod,
-) -> Option<BTreeMap<String, MapDelta>> {
+) -> Option<BTreeSet<String>> {
     let eligible = |e: &Engine| {
         e.state().namespaces.contains_key(&pod.namespace)
             && !e.state().pods.contains_key(&pod.key())
@@ -243,10 +243,12 @@ fn add_pod_incremental(
     if !eligible(engine) || full.as_deref().is_some_and(|f| !eligible(f)) {
         return None;
     }
+    let mut touched = BTreeSet::new();
     if let Some(f) = full {
-        f.apply(Object::Pod(pod.clone()));
+        touched.extend(f.apply(Object::Pod(pod.clone())).into_keys());
     }
-    Some(engine.apply(Object::Pod(pod.clone())))
+    touched.extend(engine.apply(Object::Pod(pod.clone())).into_keys());
+    Some(touched)
 }
 
 #[cfg(test)]
@@ -782,11 +784,10 @@ impl Shared {
             return self.rebuild_and_reconcile(st);
         }
         let pod = rec.to_pod(&self.config.node_name, None);
-        let Some(deltas) = add_pod_incremental(&mut st.engine, st.full.as_mut(), &pod) else {
+        let Some(mut touched) = add_pod_incremental(&mut st.engine, st.full.as_mut(), &pod) else {
             return self.rebuild_and_reconcile(st);
         };
-        let mut touched: BTreeSet<String> = deltas.into_keys().collect();
-        touched.insert(key);
+        touched.insert(key.clone());
         let prefixes: Vec<palisade_datapath::ipcache::Ipv4Prefix> = pod
             .ips
             .iter()
@@ -820,10 +821,15 @@ impl Shared {
                 attr.cookies.extend(m.cookies());
             }
         }
-        attr.book = PeerBook::build(
+        // Only the new pod's identity and the touched endpoints change.
+        attr.book.update(
             &st.engine,
             st.full.as_ref(),
-            st.pods.values().map(|r| (r.key(), r.ip, r.ep_id)),
+            st.engine.endpoint_identity(&key),
+            st.pods
+                .values()
+                .filter(|r| touched.contains(&r.key()))
+                .map(|r| (r.key(), r.ip, r.ep_id)),
         );
         for rec in st.pods.values().filter(|r| touched.contains(&r.key())) {
             let sel = |d: palisade_policy::api::Direction| {

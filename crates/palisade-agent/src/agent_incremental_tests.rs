@@ -143,6 +143,13 @@ fn pod_adds_and_deletes_in_place_equal_a_from_scratch_build() {
     let first = record(0, &[("role", "local"), ("idx", "l0")]);
     pods.insert(first.key(), first);
     let mut inc = build_engine(&cfg, &dir, &[], &pods);
+    let peers = |pods: &BTreeMap<String, PodRecord>| {
+        pods.values()
+            .map(|r| (r.key(), r.ip, r.ep_id))
+            .collect::<Vec<_>>()
+            .into_iter()
+    };
+    let mut book = PeerBook::build(&inc.0, inc.1.as_ref(), peers(&pods));
     let mut deltas_seen = 0;
     let script: Vec<(bool, u32)> = vec![
         (true, 1),
@@ -175,9 +182,26 @@ fn pod_adds_and_deletes_in_place_equal_a_from_scratch_build() {
             let d = add_pod_incremental(&mut inc.0, inc.1.as_mut(), &pod)
                 .expect("a new pod in a known namespace takes the incremental path");
             deltas_seen += d.len();
-            assert!(
-                d.contains_key(&pod.key()),
-                "{step}: the new endpoint's delta"
+            assert!(d.contains(&pod.key()), "{step}: the new endpoint's delta");
+            // The flow tables as the agent updates them on this path.
+            book.update(
+                &inc.0,
+                inc.1.as_ref(),
+                inc.0.endpoint_identity(&pod.key()),
+                peers(&pods).filter(|(k, _, _)| d.contains(k)),
+            );
+            let rebuilt = PeerBook::build(&inc.0, inc.1.as_ref(), peers(&pods));
+            assert_eq!(book.identity_labels, rebuilt.identity_labels, "{step}");
+            assert_eq!(book.selected_by, rebuilt.selected_by, "{step}");
+            assert_eq!(
+                format!("{:?}", book.pods_by_ip),
+                format!("{:?}", rebuilt.pods_by_ip),
+                "{step}"
+            );
+            assert_eq!(
+                book.audit_maps.keys().collect::<Vec<_>>(),
+                rebuilt.audit_maps.keys().collect::<Vec<_>>(),
+                "{step}"
             );
         } else {
             let key = format!("default/l{i}");
@@ -186,6 +210,8 @@ fn pod_adds_and_deletes_in_place_equal_a_from_scratch_build() {
             if let Some(f) = inc.1.as_mut() {
                 f.delete_pod(&key);
             }
+            // The delete path reconciles in full and rebuilds the tables.
+            book = PeerBook::build(&inc.0, inc.1.as_ref(), peers(&pods));
         }
         let scratch = build_engine(&cfg, &dir, &[], &pods);
         assert_same(&step, &inc, &scratch);

@@ -200,29 +200,68 @@ impl PeerBook {
                 .insert(i.id, label_strings(engine, i.id));
         }
         for (key, ip, ep_id) in pods {
-            let (ns, name) = key.split_once('/').unwrap_or(("", key.as_str()));
-            book.pods_by_ip.insert(
-                ip,
-                PodPeer {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                    ep_id,
-                },
-            );
-            let sel = |m: Option<&PolicyMap>, d: Direction| {
-                m.map(|m| m.enforcement(d).selected_by.iter().cloned().collect())
-                    .unwrap_or_default()
-            };
-            let map = engine.endpoint_map(&key);
-            book.selected_by.insert(
-                ep_id,
-                (sel(map, Direction::Ingress), sel(map, Direction::Egress)),
-            );
-            if let Some(m) = full.and_then(|f| f.endpoint_map(&key)) {
-                book.audit_maps.insert(ep_id, m.clone());
-            }
+            book.set_pod(engine, full, &key, ip, ep_id);
         }
         book
+    }
+
+    /// Updates the tables after an incremental change: the labels of
+    /// `identities` (added, or dropped when the engine no longer has
+    /// them) and the local pods `pods` (selecting policies, audit maps);
+    /// everything else stays as it is.
+    pub fn update(
+        &mut self,
+        engine: &Engine,
+        full: Option<&Engine>,
+        identities: impl IntoIterator<Item = u32>,
+        pods: impl Iterator<Item = (String, Ipv4Addr, u32)>,
+    ) {
+        for id in identities {
+            if engine.identities().get(id).is_some() {
+                self.identity_labels.insert(id, label_strings(engine, id));
+            } else {
+                self.identity_labels.remove(&id);
+            }
+        }
+        for (key, ip, ep_id) in pods {
+            self.set_pod(engine, full, &key, ip, ep_id);
+        }
+    }
+
+    fn set_pod(
+        &mut self,
+        engine: &Engine,
+        full: Option<&Engine>,
+        key: &str,
+        ip: Ipv4Addr,
+        ep_id: u32,
+    ) {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        self.pods_by_ip.insert(
+            ip,
+            PodPeer {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                ep_id,
+            },
+        );
+        let sel = |m: Option<&PolicyMap>, d: Direction| {
+            m.map(|m| m.enforcement(d).selected_by.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        let map = engine.endpoint_map(key);
+        self.selected_by.insert(
+            ep_id,
+            (sel(map, Direction::Ingress), sel(map, Direction::Egress)),
+        );
+        match full.and_then(|f| f.endpoint_map(key)) {
+            Some(m) => {
+                self.audit_maps.insert(ep_id, m.clone());
+            }
+            None => {
+                self.audit_maps.remove(&ep_id);
+            }
+        }
     }
 
     fn peer(&self, ip: Ipv4Addr, port: u16, identity: u32) -> Peer {
