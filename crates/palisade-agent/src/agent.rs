@@ -224,6 +224,42 @@ fn namespace_declared(dir: &[Sourced], api: &[Sourced], name: &str) -> bool {
         .any(|s| matches!(&s.object, Object::Namespace(n) if n.name == name))
 }
 
+/// The pods a sources change adds, when that is all it does: every other
+/// object (policies, namespaces, nodes, ...) and every pod already there
+/// are unchanged, nothing is removed, and no added pod is a local pod's
+/// key (local pods merge over declared ones) or on the host network.
+/// `None`: anything else.
+fn pods_added(
+    old: &[Sourced],
+    new: &[Sourced],
+    local: &BTreeMap<String, PodRecord>,
+) -> Option<Vec<Pod>> {
+    let by_key = |v: &[Sourced]| -> BTreeMap<String, String> {
+        v.iter()
+            .map(|s| (s.key.clone(), format!("{:?}", s.object)))
+            .collect()
+    };
+    let (before, after) = (by_key(old), by_key(new));
+    if before.len() != old.len() || after.len() != new.len() {
+        return None;
+    }
+    if before.iter().any(|(k, o)| after.get(k) != Some(o)) {
+        return None;
+    }
+    let mut added = Vec::new();
+    for s in new.iter().filter(|s| !before.contains_key(&s.key)) {
+        match &s.object {
+            // Host-network pods: the engine's in-place path would give
+            // them ipcache entries a rebuild does not.
+            Object::Pod(p) if !local.contains_key(&p.key()) && !p.host_network => {
+                added.push(p.clone())
+            }
+            _ => return None,
+        }
+    }
+    Some(added)
+}
+
 /// Adds a pod to the engines in place (both views) when the engine takes
 /// its incremental path and the result equals a from-scratch build: a new
 /// pod in a namespace the engine already has, no named ports, and at
@@ -788,9 +824,48 @@ impl Shared {
             return self.rebuild_and_reconcile(st);
         };
         touched.insert(key.clone());
-        let prefixes: Vec<palisade_datapath::ipcache::Ipv4Prefix> = pod
-            .ips
+        self.reconcile_touched(st, &touched, std::slice::from_ref(&pod));
+    }
+
+    /// A sources change (manifests directory or API) was stored in `st`;
+    /// `old` is all sources before it. When it only adds pods, they go
+    /// into the engines in place (one `Engine::apply` each) and only what
+    /// they touch is reconciled; otherwise a full rebuild.
+    fn sources_changed(&self, st: &mut State, old: &[Sourced]) {
+        let new: Vec<Sourced> = st
+            .dir_objects
             .iter()
+            .chain(&st.api_objects)
+            .cloned()
+            .collect();
+        let proxied = self
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        let added = match pods_added(old, &new, &st.pods) {
+            Some(a) if !a.is_empty() && !proxied => a,
+            _ => return self.rebuild_and_reconcile(st),
+        };
+        let mut touched = BTreeSet::new();
+        for pod in &added {
+            match add_pod_incremental(&mut st.engine, st.full.as_mut(), pod) {
+                Some(t) => touched.extend(t),
+                // The engines may hold part of the change: rebuild from the
+                // sources, which hold all of it.
+                None => return self.rebuild_and_reconcile(st),
+            }
+        }
+        tracing::debug!(pods = added.len(), "sources change added pods in place");
+        self.reconcile_touched(st, &touched, &added);
+    }
+
+    /// Reconciles what an in-place pod addition touched: the endpoints in
+    /// `touched`, the ipcache entries and identities of `pods`.
+    fn reconcile_touched(&self, st: &mut State, touched: &BTreeSet<String>, pods: &[Pod]) {
+        let prefixes: Vec<palisade_datapath::ipcache::Ipv4Prefix> = pods
+            .iter()
+            .flat_map(|p| p.ips.iter())
             .filter_map(|ip| match ip {
                 std::net::IpAddr::V4(a) => Some(palisade_datapath::ipcache::Ipv4Prefix::host(*a)),
                 std::net::IpAddr::V6(_) => None,
@@ -806,7 +881,7 @@ impl Shared {
             tracing::error!(error = %e, "reconciliation");
         }
         st.status.extend(outcome.status);
-        for k in &touched {
+        for k in touched {
             if st.pods.contains_key(k) && !st.ifindex.contains_key(k) {
                 st.status.insert(
                     k.clone(),
@@ -816,16 +891,17 @@ impl Shared {
         }
         st.reconciliations += 1;
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
-        for k in &touched {
+        for k in touched {
             if let Some(m) = st.engine.endpoint_map(k) {
                 attr.cookies.extend(m.cookies());
             }
         }
-        // Only the new pod's identity and the touched endpoints change.
+        // Only the new pods' identities and the touched endpoints change.
         attr.book.update(
             &st.engine,
             st.full.as_ref(),
-            st.engine.endpoint_identity(&key),
+            pods.iter()
+                .filter_map(|p| st.engine.endpoint_identity(&p.key())),
             st.pods
                 .values()
                 .filter(|r| touched.contains(&r.key()))
@@ -904,9 +980,15 @@ impl Shared {
         let candidate = st.api.with_applied(files, &objects);
         let api_objects = candidate.objects(&self.config.options);
         candidate.save()?;
+        let old: Vec<Sourced> = st
+            .dir_objects
+            .iter()
+            .chain(&st.api_objects)
+            .cloned()
+            .collect();
         st.api = candidate;
         st.api_objects = api_objects;
-        self.rebuild_and_reconcile(&mut st);
+        self.sources_changed(&mut st, &old);
         Ok(ApplyReport {
             objects: objects.iter().map(|o| o.key.clone()).collect(),
             not_found: vec![],
@@ -987,9 +1069,15 @@ impl Shared {
                 if let Err(e) = store::write_json(&last_good_path(&self.config), &files) {
                     tracing::warn!(error = %e, "could not save the manifests snapshot");
                 }
+                let old: Vec<Sourced> = st
+                    .dir_objects
+                    .iter()
+                    .chain(&st.api_objects)
+                    .cloned()
+                    .collect();
                 st.dir_objects = objects;
                 st.dir_errors.clear();
-                self.rebuild_and_reconcile(&mut st);
+                self.sources_changed(&mut st, &old);
                 tracing::info!(dir = %dir.display(), files = files.len(), "manifests directory applied");
             }
             Err(e) => {

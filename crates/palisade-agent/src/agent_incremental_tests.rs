@@ -15,18 +15,34 @@ fn config() -> AgentConfig {
     }
 }
 
+fn pod_docs(from: usize, to: usize) -> String {
+    (from..to)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: default, labels: {{app: svc-{i}, role: {}}}}}\nspec: {{nodeName: remote}}\nstatus: {{podIP: 10.100.0.{}}}\n",
+                if i % 2 == 0 { "local" } else { "remote" },
+                i + 1
+            )
+        })
+        .collect()
+}
+
+fn parse(name: &str, text: String) -> Vec<Sourced> {
+    parse_all(
+        &[SourceFile {
+            name: name.into(),
+            text,
+        }],
+        &Default::default(),
+    )
+    .expect("valid manifests")
+}
+
 fn sources(remote: usize) -> Vec<Sourced> {
     let mut text = String::from(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {kubernetes.io/metadata.name: default}}\n",
     );
     text.push_str("---\napiVersion: v1\nkind: Node\nmetadata: {name: remote}\nstatus: {addresses: [{type: InternalIP, address: 192.168.50.2}]}\n");
-    for i in 0..remote {
-        text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: default, labels: {{app: svc-{i}, role: {}}}}}\nspec: {{nodeName: remote}}\nstatus: {{podIP: 10.100.0.{}}}\n",
-            if i % 2 == 0 { "local" } else { "remote" },
-            i + 1
-        ));
-    }
     text.push_str(
         r#"---
 apiVersion: cilium.io/v2
@@ -50,14 +66,8 @@ spec:
     - toEndpoints: [{matchLabels: {app: svc-1}}]
 "#,
     );
-    parse_all(
-        &[SourceFile {
-            name: "cluster.yaml".into(),
-            text,
-        }],
-        &Default::default(),
-    )
-    .expect("valid manifests")
+    text.push_str(&pod_docs(0, remote));
+    parse("cluster.yaml", text)
 }
 
 fn record(i: u32, labels: &[(&str, &str)]) -> PodRecord {
@@ -260,4 +270,63 @@ fn incremental_add_declines_what_needs_a_rebuild() {
     assert!(declared_pod(&dir, &[], "default/l0").is_none());
     assert!(namespace_declared(&dir, &[], "default"));
     assert!(!namespace_declared(&dir, &[], "other"));
+}
+
+#[test]
+fn a_sources_change_that_only_adds_pods_applies_in_place() {
+    let cfg = config();
+    let old = sources(6);
+    // A second file with six more pods (a file of its own, as the
+    // positions of objects are part of what is compared).
+    let mut new = old.clone();
+    new.extend(parse("more.yaml", pod_docs(6, 12)));
+    let mut pods = BTreeMap::new();
+    let first = record(0, &[("role", "local")]);
+    pods.insert(first.key(), first);
+    let added = pods_added(&old, &new, &pods).expect("only pods are added");
+    assert_eq!(added.len(), 6);
+    let mut inc = build_engine(&cfg, &old, &[], &pods);
+    let mut touched = BTreeSet::new();
+    for p in &added {
+        touched.extend(add_pod_incremental(&mut inc.0, inc.1.as_mut(), p).expect("in place"));
+    }
+    assert!(touched.contains("default/l0"), "role=local pods reach l0");
+    assert_same(
+        "pods added by the sources",
+        &inc,
+        &build_engine(&cfg, &new, &[], &pods),
+    );
+
+    // Anything else is a rebuild: removals, changed objects, a local key.
+    assert!(pods_added(&new, &old, &pods).is_none(), "pods removed");
+    let mut changed = new.clone();
+    let last = changed.len() - 1;
+    let Object::Pod(p) = &mut changed[last].object else {
+        panic!("the last object is a pod");
+    };
+    p.labels.insert("x".into(), "y".into());
+    assert!(pods_added(&new, &changed, &pods).is_none(), "a pod changed");
+    let no_policy: Vec<Sourced> = new
+        .iter()
+        .filter(|s| !matches!(s.object, Object::Policy(_)))
+        .cloned()
+        .collect();
+    assert!(
+        pods_added(&new, &no_policy, &pods).is_none(),
+        "policies removed"
+    );
+    let mut shadow = new.clone();
+    let mut local = record(0, &[("role", "local")]).to_pod("remote", None);
+    local.ips = vec![Ipv4Addr::new(10, 100, 9, 9).into()];
+    shadow.push(Sourced {
+        key: "Pod/default/l0".into(),
+        file: "x.yaml".into(),
+        index: 0,
+        object: Object::Pod(local),
+    });
+    assert!(
+        pods_added(&new, &shadow, &pods).is_none(),
+        "a declared local pod"
+    );
+    assert_eq!(pods_added(&new, &new, &pods).map(|a| a.len()), Some(0));
 }
