@@ -230,11 +230,11 @@ fn namespace_declared(dir: &[Sourced], api: &[Sourced], name: &str) -> bool {
 /// key (local pods merge over declared ones) or on the host network.
 /// `None`: anything else.
 fn pods_added(
-    old: &[Sourced],
-    new: &[Sourced],
+    old: &[&Sourced],
+    new: &[&Sourced],
     local: &BTreeMap<String, PodRecord>,
 ) -> Option<Vec<Pod>> {
-    let by_key = |v: &[Sourced]| -> BTreeMap<String, String> {
+    let by_key = |v: &[&Sourced]| -> BTreeMap<String, String> {
         v.iter()
             .map(|s| (s.key.clone(), format!("{:?}", s.object)))
             .collect()
@@ -828,22 +828,31 @@ impl Shared {
     }
 
     /// A sources change (manifests directory or API) was stored in `st`;
-    /// `old` is all sources before it. When it only adds pods, they go
-    /// into the engines in place (one `Engine::apply` each) and only what
-    /// they touch is reconciled; otherwise a full rebuild.
-    fn sources_changed(&self, st: &mut State, old: &[Sourced]) {
-        let new: Vec<Sourced> = st
-            .dir_objects
-            .iter()
-            .chain(&st.api_objects)
-            .cloned()
-            .collect();
+    /// `old_dir` / `old_api` are what it replaced (`None`: unchanged).
+    /// When it only adds pods, they go into the engines in place (one
+    /// `Engine::apply` each) and only what they touch is reconciled;
+    /// otherwise a full rebuild. Nothing is cloned for the comparison.
+    fn sources_changed(
+        &self,
+        st: &mut State,
+        old_dir: Option<&[Sourced]>,
+        old_api: Option<&[Sourced]>,
+    ) {
+        let added = {
+            let old: Vec<&Sourced> = old_dir
+                .unwrap_or(&st.dir_objects)
+                .iter()
+                .chain(old_api.unwrap_or(&st.api_objects))
+                .collect();
+            let new: Vec<&Sourced> = st.dir_objects.iter().chain(&st.api_objects).collect();
+            pods_added(&old, &new, &st.pods)
+        };
         let proxied = self
             .proxy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
-        let added = match pods_added(old, &new, &st.pods) {
+        let added = match added {
             Some(a) if !a.is_empty() && !proxied => a,
             _ => return self.rebuild_and_reconcile(st),
         };
@@ -980,15 +989,9 @@ impl Shared {
         let candidate = st.api.with_applied(files, &objects);
         let api_objects = candidate.objects(&self.config.options);
         candidate.save()?;
-        let old: Vec<Sourced> = st
-            .dir_objects
-            .iter()
-            .chain(&st.api_objects)
-            .cloned()
-            .collect();
         st.api = candidate;
-        st.api_objects = api_objects;
-        self.sources_changed(&mut st, &old);
+        let old_api = std::mem::replace(&mut st.api_objects, api_objects);
+        self.sources_changed(&mut st, None, Some(&old_api));
         Ok(ApplyReport {
             objects: objects.iter().map(|o| o.key.clone()).collect(),
             not_found: vec![],
@@ -1069,15 +1072,9 @@ impl Shared {
                 if let Err(e) = store::write_json(&last_good_path(&self.config), &files) {
                     tracing::warn!(error = %e, "could not save the manifests snapshot");
                 }
-                let old: Vec<Sourced> = st
-                    .dir_objects
-                    .iter()
-                    .chain(&st.api_objects)
-                    .cloned()
-                    .collect();
-                st.dir_objects = objects;
+                let old_dir = std::mem::replace(&mut st.dir_objects, objects);
                 st.dir_errors.clear();
-                self.sources_changed(&mut st, &old);
+                self.sources_changed(&mut st, Some(&old_dir), None);
                 tracing::info!(dir = %dir.display(), files = files.len(), "manifests directory applied");
             }
             Err(e) => {

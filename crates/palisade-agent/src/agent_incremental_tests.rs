@@ -272,6 +272,10 @@ fn incremental_add_declines_what_needs_a_rebuild() {
     assert!(!namespace_declared(&dir, &[], "other"));
 }
 
+fn refs(v: &[Sourced]) -> Vec<&Sourced> {
+    v.iter().collect()
+}
+
 #[test]
 fn a_sources_change_that_only_adds_pods_applies_in_place() {
     let cfg = config();
@@ -283,7 +287,7 @@ fn a_sources_change_that_only_adds_pods_applies_in_place() {
     let mut pods = BTreeMap::new();
     let first = record(0, &[("role", "local")]);
     pods.insert(first.key(), first);
-    let added = pods_added(&old, &new, &pods).expect("only pods are added");
+    let added = pods_added(&refs(&old), &refs(&new), &pods).expect("only pods are added");
     assert_eq!(added.len(), 6);
     let mut inc = build_engine(&cfg, &old, &[], &pods);
     let mut touched = BTreeSet::new();
@@ -298,21 +302,27 @@ fn a_sources_change_that_only_adds_pods_applies_in_place() {
     );
 
     // Anything else is a rebuild: removals, changed objects, a local key.
-    assert!(pods_added(&new, &old, &pods).is_none(), "pods removed");
+    assert!(
+        pods_added(&refs(&new), &refs(&old), &pods).is_none(),
+        "pods removed"
+    );
     let mut changed = new.clone();
     let last = changed.len() - 1;
     let Object::Pod(p) = &mut changed[last].object else {
         panic!("the last object is a pod");
     };
     p.labels.insert("x".into(), "y".into());
-    assert!(pods_added(&new, &changed, &pods).is_none(), "a pod changed");
+    assert!(
+        pods_added(&refs(&new), &refs(&changed), &pods).is_none(),
+        "a pod changed"
+    );
     let no_policy: Vec<Sourced> = new
         .iter()
         .filter(|s| !matches!(s.object, Object::Policy(_)))
         .cloned()
         .collect();
     assert!(
-        pods_added(&new, &no_policy, &pods).is_none(),
+        pods_added(&refs(&new), &refs(&no_policy), &pods).is_none(),
         "policies removed"
     );
     let mut shadow = new.clone();
@@ -325,8 +335,11 @@ fn a_sources_change_that_only_adds_pods_applies_in_place() {
         object: Object::Pod(local),
     });
     assert!(
-        pods_added(&new, &shadow, &pods).is_none(),
+        pods_added(&refs(&new), &refs(&shadow), &pods).is_none(),
         "a declared local pod"
     );
-    assert_eq!(pods_added(&new, &new, &pods).map(|a| a.len()), Some(0));
+    assert_eq!(
+        pods_added(&refs(&new), &refs(&new), &pods).map(|a| a.len()),
+        Some(0)
+    );
 }
