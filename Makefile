@@ -20,8 +20,8 @@ build: deps
 	$(CARGO) build --release --locked -p palisade
 
 # The hands-on lab: Palisade's main job.
-lab: build
-	./target/release/palisade lab
+lab: deps
+	$(CARGO) run --release --locked -p palisade -- lab
 
 test: deps
 	$(CARGO) fmt --all --check
