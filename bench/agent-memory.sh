@@ -122,7 +122,7 @@ echo "| BPF maps held by the agent (fdinfo memlock, $NFD maps) | $FDMAPS KiB |"
 echo
 echo "| operation | time |"
 echo "|---|---|"
-echo "| load $ids identities (manifests directory, one rebuild) | $LOAD_MS ms |"
+echo "| load $ids identities (manifests directory, $(( (REMOTE + 999) / 1000 + 1 )) files moved in) | $LOAD_MS ms |"
 echo "| pod run at $ids identities (mean over $LOCAL, CLI round trip) | $(( RUN_TOTAL / LOCAL )) ms |"
 echo "| pod run, median / max | $RUN_P50 / $RUN_MAX ms |"
 echo "| pod delete (mean over $DEL) | $DEL_MS ms |"
