@@ -1119,7 +1119,17 @@ impl Shared {
     }
 
     fn event_loop(self: Arc<Self>, mut reader: palisade_datapath::EventReader) {
+        let mut lost_checked = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
+            // The kernel counts events its ring buffer had no room for;
+            // account for them at most every 100 ms.
+            if lost_checked.elapsed() >= Duration::from_millis(100) {
+                lost_checked = Instant::now();
+                match reader.events_lost() {
+                    Ok(total) => self.flows.kernel_lost(total),
+                    Err(e) => tracing::debug!(error = %e, "reading the lost-events counter"),
+                }
+            }
             match reader.next_timeout(Duration::from_millis(200)) {
                 Ok(Some(ev)) => self.record_event(&ev),
                 Ok(None) => {}

@@ -38,6 +38,8 @@ pub struct FlowHub {
     ring: Mutex<FlowRing>,
     metrics: Metrics,
     title: String,
+    /// The kernel's lost-events total last accounted for.
+    kernel_lost_seen: Mutex<u64>,
 }
 
 impl std::fmt::Debug for FlowHub {
@@ -65,7 +67,40 @@ impl FlowHub {
             ring: Mutex::new(FlowRing::new(capacity)),
             metrics: Metrics::new(),
             title: format!("Palisade service map: node {node_name}"),
+            kernel_lost_seen: Mutex::new(0),
         }
+    }
+
+    /// Accounts for events the kernel could not put in its ring buffer:
+    /// given the kernel's running total, the increase is counted in
+    /// `lost_events{source="PERF_EVENT_RING_BUFFER"}` and a `lost_events`
+    /// record joins the flow stream, so no loss is silent.
+    pub fn kernel_lost(&self, total: u64) {
+        let mut seen = self
+            .kernel_lost_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if total <= *seen {
+            return;
+        }
+        let delta = total - *seen;
+        *seen = total;
+        drop(seen);
+        self.metrics
+            .lost_events
+            .get_or_create(&SourceLabels {
+                source: "PERF_EVENT_RING_BUFFER".into(),
+            })
+            .inc_by(delta);
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.push(FlowsResponse {
+            lost_events: Some(palisade_flow::flow::LostEvent {
+                source: "PERF_EVENT_RING_BUFFER".into(),
+                num_events_lost: delta.to_string(),
+                cpu: None,
+            }),
+            ..Default::default()
+        });
     }
 
     /// The metrics (for counters kept elsewhere in the agent).
@@ -669,4 +704,32 @@ pub fn flow_of_kafka(r: &palisade_proxy::kafka::KafkaRecord, node_name: &str) ->
     });
     f.summary = palisade_flow::record::summary(&f);
     f
+}
+
+#[cfg(test)]
+mod kernel_lost_tests {
+    use super::*;
+
+    #[test]
+    fn kernel_losses_are_counted_and_reported_in_the_stream() {
+        let hub = FlowHub::new(16, "node-1");
+        hub.kernel_lost(0);
+        assert!(hub.page(Some(0), None).flows.is_empty());
+        hub.kernel_lost(5);
+        hub.kernel_lost(5);
+        hub.kernel_lost(7);
+        let page = hub.page(Some(0), None);
+        let lost: Vec<&str> = page
+            .flows
+            .iter()
+            .filter_map(|r| r.lost_events.as_ref())
+            .map(|l| l.num_events_lost.as_str())
+            .collect();
+        assert_eq!(lost, vec!["5", "2"]);
+        let text = hub.metrics().encode();
+        assert!(
+            text.contains("palisade_lost_events_total{source=\"PERF_EVENT_RING_BUFFER\"} 7"),
+            "{text}"
+        );
+    }
 }
