@@ -39,6 +39,8 @@ pub enum Criterion {
     HttpMethod(Vec<String>),
     HttpPath(Vec<Regex>),
     Direction(Vec<TrafficDirection>),
+    /// Any of these (the values of one flag given several times).
+    Any(Vec<Criterion>),
 }
 
 /// A conjunction of criteria.
@@ -204,6 +206,7 @@ impl Criterion {
                     })
             }
             Criterion::Direction(ds) => ds.contains(&f.traffic_direction),
+            Criterion::Any(cs) => cs.iter().any(|c| c.matches(f)),
         }
     }
 }

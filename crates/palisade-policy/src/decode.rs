@@ -170,6 +170,27 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Decodes every item of a list with `f` (its path is `path[i]`). All
+    /// items are decoded, so every item's errors are reported; `None` when
+    /// the node is not a list or any item failed.
+    pub fn list<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        mut f: impl FnMut(&mut Ctx<'a>, &Node, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let items = self.seq(node, path)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match f(self, item, &index(path, i)) {
+                Some(v) => out.push(v),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
     /// A list of strings.
     pub fn strings(&mut self, node: &Node, path: &str) -> Vec<(Pos, String)> {
         let mut out = Vec::new();

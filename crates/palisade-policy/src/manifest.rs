@@ -1598,35 +1598,22 @@ fn decode_l7(ctx: &mut Ctx, r: &Node, rp: &str) -> Option<L7Rules> {
         return None;
     }
     if let Some(h) = o.get_some("http") {
-        let hp = o.field("http");
-        let items = ctx.seq(h, &hp)?;
-        let mut rules = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            rules.push(decode_http_rule(ctx, item, &index(&hp, i))?);
-        }
+        let rules = ctx.list(h, &o.field("http"), decode_http_rule)?;
         return Some(L7Rules::Http(rules));
     }
     if let Some(k) = o.get_some("kafka") {
-        let kp = o.field("kafka");
-        let items = ctx.seq(k, &kp)?;
-        let mut rules = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            rules.push(decode_kafka_rule(ctx, item, &index(&kp, i))?);
-        }
+        let rules = ctx.list(k, &o.field("kafka"), decode_kafka_rule)?;
         return Some(L7Rules::Kafka(rules));
     }
     if let Some(d) = o.get_some("dns") {
-        let dp = o.field("dns");
-        let items = ctx.seq(d, &dp)?;
-        let mut rules = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let s = decode_fqdn(ctx, item, &index(&dp, i))?;
-            rules.push(DnsRule {
+        let rules = ctx.list(d, &o.field("dns"), |ctx, item, ip| {
+            let s = decode_fqdn(ctx, item, ip)?;
+            Some(DnsRule {
                 match_name: s.match_name,
                 match_pattern: s.match_pattern,
                 matcher: s.matcher,
-            });
-        }
+            })
+        })?;
         return Some(L7Rules::Dns(rules));
     }
     if generic {

@@ -149,7 +149,9 @@ table ip {t} {{\n\
     )
 }
 
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<(), ProxyError> {
+/// Runs an iproute2/nftables command (with optional stdin); its stderr
+/// becomes the error.
+pub(crate) fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<(), ProxyError> {
     let text = format!("{cmd} {}", args.join(" "));
     let mut child = Command::new(cmd)
         .args(args)

@@ -185,28 +185,13 @@ impl ProxyHandle {
     /// Starts a proxy on its own thread and runtime; returns once it
     /// listens and its redirection is installed.
     pub fn spawn(opts: ProxyOptions) -> Result<ProxyHandle, ProxyError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("palisade-proxy".into())
-            .spawn(move || run(opts, ready_tx, shutdown_rx))
-            .map_err(ProxyError::Runtime)?;
-        match ready_rx.recv() {
-            Ok(Ok((shared, local_addr))) => Ok(ProxyHandle {
-                shared,
-                local_addr,
-                shutdown,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(ProxyError::NotStarted)
-            }
-        }
+        let t = spawn_thread("palisade-proxy", move |ready, stop| run(opts, ready, stop))?;
+        Ok(ProxyHandle {
+            shared: t.shared,
+            local_addr: t.local_addr,
+            shutdown: t.shutdown,
+            thread: Some(t.thread),
+        })
     }
 
     /// The listening address (in the proxy's namespace).
@@ -273,9 +258,50 @@ impl Drop for ProxyHandle {
     }
 }
 
-type Ready = Result<(Arc<Shared>, SocketAddr), ProxyError>;
+/// A proxy started on its own thread, listening.
+pub(crate) struct StartedThread<S> {
+    pub shared: Arc<S>,
+    pub local_addr: SocketAddr,
+    pub shutdown: watch::Sender<bool>,
+    pub thread: std::thread::JoinHandle<()>,
+}
 
-fn run(opts: ProxyOptions, ready: std::sync::mpsc::Sender<Ready>, shutdown: watch::Receiver<bool>) {
+/// What a proxy's thread reports once it listens (or why it could not).
+pub(crate) type ReadyTx<S> = std::sync::mpsc::Sender<Result<(Arc<S>, SocketAddr), ProxyError>>;
+
+/// Starts `body` on a thread named `name` and waits until it reports that
+/// it listens; on failure the thread is joined and its error returned.
+/// Shared by the HTTP, DNS and Kafka proxies.
+pub(crate) fn spawn_thread<S, F>(name: &str, body: F) -> Result<StartedThread<S>, ProxyError>
+where
+    S: Send + Sync + 'static,
+    F: FnOnce(ReadyTx<S>, watch::Receiver<bool>) + Send + 'static,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || body(ready_tx, shutdown_rx))
+        .map_err(ProxyError::Runtime)?;
+    match ready_rx.recv() {
+        Ok(Ok((shared, local_addr))) => Ok(StartedThread {
+            shared,
+            local_addr,
+            shutdown,
+            thread,
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(ProxyError::NotStarted)
+        }
+    }
+}
+
+fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<bool>) {
     if let Some(ns) = &opts.netns
         && let Err(e) = crate::netns::enter(ns)
     {

@@ -28,7 +28,8 @@ Examples:
 
 /// Parses the filter flags in order (so `--not` applies to the next one).
 pub fn build_filters(args: &[String]) -> Result<FilterSet> {
-    let mut allow = FlowFilter::default();
+    // Values of one flag are ORed; different flags are ANDed.
+    let mut allow: Vec<(&str, Vec<Criterion>)> = Vec::new();
     let mut deny = Vec::new();
     let mut negate = false;
     let mut i = 0;
@@ -62,18 +63,36 @@ pub fn build_filters(args: &[String]) -> Result<FilterSet> {
             deny.push(FlowFilter { criteria: vec![c] });
             negate = false;
         } else {
-            merge(&mut allow, c);
+            let key = match flag {
+                "-n" => "--namespace",
+                "-l" => "--label",
+                f => f,
+            };
+            match allow.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, cs)) => cs.push(c),
+                None => allow.push((key, vec![c])),
+            }
         }
         i += 1;
     }
     if negate {
         bail!("--not must be followed by a filter flag");
     }
+    let criteria: Vec<Criterion> = allow
+        .into_iter()
+        .map(|(_, mut cs)| {
+            if cs.len() == 1 {
+                cs.remove(0)
+            } else {
+                Criterion::Any(cs)
+            }
+        })
+        .collect();
     Ok(FilterSet {
-        allow: if allow.criteria.is_empty() {
+        allow: if criteria.is_empty() {
             vec![]
         } else {
-            vec![allow]
+            vec![FlowFilter { criteria }]
         },
         deny,
     })
@@ -111,73 +130,6 @@ const FILTER_FLAGS: &[&str] = &[
     "--http-path",
     "--traffic-direction",
 ];
-
-/// Values of the same flag are ORed: extend the existing criterion.
-fn merge(f: &mut FlowFilter, c: Criterion) {
-    use Criterion::*;
-    for existing in f.criteria.iter_mut() {
-        match (existing, &c) {
-            (Ip(s1, a), Ip(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Pod(s1, a), Pod(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Namespace(s1, a), Namespace(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Label(s1, a), Label(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Identity(s1, a), Identity(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Fqdn(s1, a), Fqdn(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Port(s1, a), Port(s2, b)) if s1 == s2 => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Verdict(a), Verdict(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Type(a), Type(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Protocol(a), Protocol(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (HttpStatus(a), HttpStatus(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (HttpMethod(a), HttpMethod(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (HttpPath(a), HttpPath(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            (Direction(a), Direction(b)) => {
-                a.extend(b.iter().cloned());
-                return;
-            }
-            _ => {}
-        }
-    }
-    f.criteria.push(c);
-}
 
 fn side_of(flag: &str) -> Side {
     if flag.starts_with("--from-") {

@@ -31,9 +31,7 @@ use crate::snapshot::PolicySnapshot;
 use palisade_policy::api::{Direction, L7Kind};
 use palisade_policy::mapstate::Verdict;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 
 /// One (address, protocol, port range) that must reach a proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,39 +141,7 @@ table ip {table} {{\n{sets}\
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), ProxyError> {
-    let text = format!("nft {}", args.join(" "));
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ProxyError::Redirect {
-            command: text.clone(),
-            message: format!("{e} (is the Debian package nftables installed?)"),
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| ProxyError::Redirect {
-                command: text.clone(),
-                message: e.to_string(),
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|e| ProxyError::Redirect {
-        command: text.clone(),
-        message: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(ProxyError::Redirect {
-            command: text,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    crate::redirect::run("nft", args, stdin)
 }
 
 /// Installs the shared policy routing and replaces `table`.

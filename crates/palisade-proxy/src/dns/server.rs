@@ -209,34 +209,18 @@ impl std::fmt::Debug for DnsProxy {
     }
 }
 
-type Ready = Result<(Arc<Shared>, SocketAddr), ProxyError>;
-
 impl DnsProxy {
     /// Starts the proxy on its own thread and runtime; returns once both
     /// listeners are bound and the redirect (if managed) is installed.
     pub fn spawn(opts: DnsProxyOptions) -> Result<DnsProxy, ProxyError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("palisade-dns".into())
-            .spawn(move || run(opts, ready_tx, shutdown_rx))
-            .map_err(ProxyError::Runtime)?;
-        match ready_rx.recv() {
-            Ok(Ok((shared, local_addr))) => Ok(DnsProxy {
-                shared,
-                local_addr,
-                shutdown,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(ProxyError::NotStarted)
-            }
-        }
+        let t =
+            crate::server::spawn_thread("palisade-dns", move |ready, stop| run(opts, ready, stop))?;
+        Ok(DnsProxy {
+            shared: t.shared,
+            local_addr: t.local_addr,
+            shutdown: t.shutdown,
+            thread: Some(t.thread),
+        })
     }
 
     /// `0.0.0.0:port` in the proxy's namespace (UDP and TCP).
@@ -333,7 +317,7 @@ impl Shared {
 
 fn run(
     opts: DnsProxyOptions,
-    ready: std::sync::mpsc::Sender<Ready>,
+    ready: crate::server::ReadyTx<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
     if let Some(ns) = &opts.netns

@@ -132,32 +132,17 @@ impl std::fmt::Debug for KafkaProxy {
     }
 }
 
-type Ready = Result<(Arc<Shared>, SocketAddr), ProxyError>;
-
 impl KafkaProxy {
     pub fn spawn(opts: KafkaProxyOptions) -> Result<KafkaProxy, ProxyError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("palisade-kafka".into())
-            .spawn(move || run(opts, ready_tx, shutdown_rx))
-            .map_err(ProxyError::Runtime)?;
-        match ready_rx.recv() {
-            Ok(Ok((shared, local_addr))) => Ok(KafkaProxy {
-                shared,
-                local_addr,
-                shutdown,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(ProxyError::NotStarted)
-            }
-        }
+        let t = crate::server::spawn_thread("palisade-kafka", move |ready, stop| {
+            run(opts, ready, stop)
+        })?;
+        Ok(KafkaProxy {
+            shared: t.shared,
+            local_addr: t.local_addr,
+            shutdown: t.shutdown,
+            thread: Some(t.thread),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -202,7 +187,7 @@ impl Drop for KafkaProxy {
 
 fn run(
     opts: KafkaProxyOptions,
-    ready: std::sync::mpsc::Sender<Ready>,
+    ready: crate::server::ReadyTx<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if let Some(ns) = &opts.netns
