@@ -171,22 +171,7 @@ fn build_engine(
     }
     // Audit mode: the datapath enforces the set without audited policies;
     // the full set is kept to report what it would deny.
-    let namespaces: BTreeMap<String, Namespace> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Namespace(n) => Some((n.name.clone(), n.clone())),
-            _ => None,
-        })
-        .collect();
-    let audited: Vec<palisade_policy::api::PolicyId> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Policy(p) if palisade_policy::audit::is_audited(p, &namespaces) => {
-                Some(p.id.clone())
-            }
-            _ => None,
-        })
-        .collect();
+    let audited = palisade_policy::audit::audited_policies(&objects);
     let make = |objects: Vec<Object>| {
         let mut engine = Engine::new();
         engine.set_local_node(Some(cfg.node_name.clone()));
@@ -196,11 +181,7 @@ fn build_engine(
     if audited.is_empty() {
         return (make(objects), None);
     }
-    let enforced: Vec<Object> = objects
-        .iter()
-        .filter(|o| !matches!(o, Object::Policy(p) if audited.contains(&p.id)))
-        .cloned()
-        .collect();
+    let enforced = palisade_policy::audit::enforced_objects(&objects, &audited);
     (make(enforced), Some(make(objects)))
 }
 

@@ -2,16 +2,16 @@
 //! `manifest` decoding, which checks every rule Cilium checks (and more), so
 //! the rest of the crate trusts them.
 
-use crate::l7::{DnsRule, HttpRule, KafkaRule};
+use crate::l7::{DnsRule, HttpRules, KafkaRule};
 use crate::node::Pos;
 use crate::selector::Selector;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
 /// What kind of object a policy came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PolicyKind {
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
@@ -32,7 +32,7 @@ impl PolicyKind {
 }
 
 /// Names a policy: kind, namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PolicyId {
     pub kind: PolicyKind,
     pub namespace: Option<String>,
@@ -95,7 +95,7 @@ pub struct Rule {
     pub log: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Direction {
     Ingress,
     Egress,
@@ -481,7 +481,7 @@ pub struct Listener {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum L7Rules {
-    Http(Vec<HttpRule>),
+    Http(HttpRules),
     Kafka(Vec<KafkaRule>),
     Dns(Vec<DnsRule>),
     /// `l7proto` + `l7`: parsed, kept, enforced by no proxy yet.

@@ -42,27 +42,39 @@ pub struct AuditedEngines {
     pub audited: Vec<PolicyId>,
 }
 
+/// The policies of `objects` that are in audit mode (namespace labels are
+/// read from the `Namespace` objects among them).
+pub fn audited_policies(objects: &[Object]) -> Vec<PolicyId> {
+    let namespaces: BTreeMap<String, Namespace> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Namespace(n) => Some((n.name.clone(), n.clone())),
+            _ => None,
+        })
+        .collect();
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Policy(p) if is_audited(p, &namespaces) => Some(p.id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `objects` without the `audited` policies: what the datapath and the
+/// proxies enforce.
+pub fn enforced_objects(objects: &[Object], audited: &[PolicyId]) -> Vec<Object> {
+    objects
+        .iter()
+        .filter(|o| !matches!(o, Object::Policy(p) if audited.contains(&p.id)))
+        .cloned()
+        .collect()
+}
+
 impl AuditedEngines {
     pub fn from_objects(objects: Vec<Object>) -> Self {
-        let namespaces: BTreeMap<String, Namespace> = objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::Namespace(n) => Some((n.name.clone(), n.clone())),
-                _ => None,
-            })
-            .collect();
-        let audited: Vec<PolicyId> = objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::Policy(p) if is_audited(p, &namespaces) => Some(p.id.clone()),
-                _ => None,
-            })
-            .collect();
-        let enforced_objects: Vec<Object> = objects
-            .iter()
-            .filter(|o| !matches!(o, Object::Policy(p) if audited.contains(&p.id)))
-            .cloned()
-            .collect();
+        let audited = audited_policies(&objects);
+        let enforced_objects = enforced_objects(&objects, &audited);
         let full = Engine::from_objects(objects);
         let enforced = if audited.is_empty() {
             full.clone()

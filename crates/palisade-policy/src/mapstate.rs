@@ -91,7 +91,7 @@ impl Key {
 }
 
 /// Where an entry came from: a policy, its rule and the section.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct RuleRef {
     pub policy: PolicyId,
     /// `spec.ingress[0].toPorts[1]`, `specs[2].egressDeny[0]`.

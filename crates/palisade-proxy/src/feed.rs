@@ -15,13 +15,24 @@
 //!   "localNode": "node-1",
 //!   "endpoints": [{"pod": "default/frontend", "ips": ["10.0.1.10"], "netns": "palisade-pod-1"}],
 //!   "manifests": ["apiVersion: v1\nkind: Pod\n..."],
+//!   "files": [{"name": "/etc/palisade/manifests/shop.yaml", "text": "..."}],
+//!   "documents": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+//!                 {"file": 0, "index": 2}],
+//!   "fqdns": [{"name": "api.example.com", "ips": ["192.0.2.7"]}],
 //!   "options": {"enableNodeSelectorLabels": false, "enableExtendedIpProtocols": false}
 //! }
 //! ```
 //!
-//! `endpoints[].ips` override the `status.podIP(s)` of the matching Pod
-//! manifest: the agent's IPAM is authoritative for addresses. The proxy can
-//! also run standalone from a manifest directory ([`FeedSource::ManifestDir`]).
+//! The objects are every document of `manifests`, then `documents` in
+//! order: a `{"file", "index"}` reference takes document `index` of
+//! `files[file]` (so each object is decoded from the very text the agent
+//! accepted, diagnostics naming the original file), anything else is an
+//! inline manifest. Audited policies (`palisade.io/audit`) are left out, as
+//! the agent leaves them out of what the datapath enforces; `fqdns` are the
+//! names the DNS proxy learned. `endpoints[].ips` override the
+//! `status.podIP(s)` of the matching Pod: the agent's IPAM is authoritative
+//! for addresses. The proxy can also run standalone from a manifest
+//! directory ([`FeedSource::ManifestDir`]).
 
 use crate::error::ProxyError;
 use crate::snapshot::PolicySnapshot;
@@ -45,7 +56,39 @@ pub struct PolicyFeed {
     pub endpoints: Vec<FeedEndpoint>,
     /// The accepted manifest texts (YAML or JSON, multi-document allowed).
     pub manifests: Vec<String>,
+    /// Source files that `documents` refer to.
+    pub files: Vec<FeedFile>,
+    /// Objects after those of `manifests`, in the order the agent applied them.
+    pub documents: Vec<FeedDocument>,
+    /// Names the DNS proxy learned, with their addresses.
+    pub fqdns: Vec<FeedFqdn>,
     pub options: FeedOptions,
+}
+
+/// A source file (its text as the agent accepted it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FeedFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// One object of the feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FeedDocument {
+    /// Document `index` (as `parse_file` numbers them) of `files[file]`.
+    Ref { file: usize, index: usize },
+    /// An inline manifest (cluster objects the agent synthesises).
+    Inline(serde_json::Value),
+}
+
+/// A learned DNS name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FeedFqdn {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
 }
 
 /// A local endpoint.
@@ -94,9 +137,9 @@ impl PolicyFeed {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Decodes the manifests and resolves them; any invalid document
-    /// rejects the whole snapshot.
-    pub fn build(&self, revision: u64) -> Result<PolicySnapshot, ProxyError> {
+    /// Decodes the objects in order; any invalid document or dangling
+    /// reference rejects the whole snapshot.
+    pub fn objects(&self) -> Result<Vec<Object>, ProxyError> {
         let opts = Options {
             enable_node_selector_labels: self.options.enable_node_selector_labels,
             enable_extended_ip_protocols: self.options.enable_extended_ip_protocols,
@@ -108,8 +151,9 @@ impl PolicyFeed {
             .collect();
         let mut objects = Vec::new();
         let mut errors = Vec::new();
-        for (i, text) in self.manifests.iter().enumerate() {
-            for doc in parse_file(&format!("manifests[{i}]"), text, &opts) {
+        let mut take = |docs: Vec<palisade_policy::manifest::DocResult>,
+                        errors: &mut Vec<String>| {
+            for doc in docs {
                 errors.extend(doc.errors.iter().map(|e| e.to_string()));
                 match doc.object {
                     Some(Object::Skipped { .. }) | None => {}
@@ -124,6 +168,47 @@ impl PolicyFeed {
                     Some(o) => objects.push(o),
                 }
             }
+        };
+        for (i, text) in self.manifests.iter().enumerate() {
+            take(
+                parse_file(&format!("manifests[{i}]"), text, &opts),
+                &mut errors,
+            );
+        }
+        let mut parsed: BTreeMap<usize, Vec<Option<palisade_policy::manifest::DocResult>>> =
+            BTreeMap::new();
+        for (i, d) in self.documents.iter().enumerate() {
+            match d {
+                FeedDocument::Ref { file, index } => {
+                    let Some(f) = self.files.get(*file) else {
+                        errors.push(format!(
+                            "documents[{i}]: file {file} does not exist ({} files)",
+                            self.files.len()
+                        ));
+                        continue;
+                    };
+                    let docs = parsed.entry(*file).or_insert_with(|| {
+                        parse_file(&f.name, &f.text, &opts)
+                            .into_iter()
+                            .map(Some)
+                            .collect()
+                    });
+                    match docs.get_mut(*index).and_then(Option::take) {
+                        Some(doc) => take(vec![doc], &mut errors),
+                        None => errors.push(format!(
+                            "documents[{i}]: {} has no document {index} (or it is referenced twice)",
+                            f.name
+                        )),
+                    }
+                }
+                FeedDocument::Inline(v) => {
+                    let docs = parse_file(&format!("documents[{i}]"), &v.to_string(), &opts);
+                    if docs.len() != 1 {
+                        errors.push(format!("documents[{i}]: expected one manifest"));
+                    }
+                    take(docs, &mut errors);
+                }
+            }
         }
         if let Some(first) = errors.first() {
             return Err(ProxyError::Manifests {
@@ -131,9 +216,26 @@ impl PolicyFeed {
                 first: first.clone(),
             });
         }
-        let mut engine = Engine::from_objects(objects);
-        if self.local_node.is_some() {
-            engine.set_local_node(self.local_node.clone());
+        Ok(objects)
+    }
+
+    /// Resolves the feed into the policy the proxy enforces: the objects
+    /// without audited policies (what the datapath enforces too), then the
+    /// learned names.
+    pub fn build(&self, revision: u64) -> Result<PolicySnapshot, ProxyError> {
+        let objects = self.objects()?;
+        let audited = palisade_policy::audit::audited_policies(&objects);
+        let mut engine = Engine::new();
+        engine.set_local_node(self.local_node.clone());
+        if audited.is_empty() {
+            engine.apply_all(objects);
+        } else {
+            engine.apply_all(palisade_policy::audit::enforced_objects(&objects, &audited));
+        }
+        for f in &self.fqdns {
+            for ip in &f.ips {
+                engine.learn_fqdn(&f.name, *ip);
+            }
         }
         for w in engine.warnings() {
             tracing::warn!(target: "palisade::proxy", "policy warning: {w}");

@@ -139,7 +139,7 @@ impl HttpConn {
             endpoint: verdict.endpoint.clone(),
             method: hreq.method,
             url,
-            protocol,
+            protocol: protocol.into(),
             status: None,
             grpc_status: None,
             latency_ns: 0,

@@ -28,6 +28,7 @@ pub mod kafka;
 pub mod netns;
 pub mod record;
 pub mod redirect;
+pub mod relay;
 pub mod server;
 pub mod snapshot;
 
@@ -35,5 +36,5 @@ pub use config::ProxyConfig;
 pub use error::ProxyError;
 pub use feed::{FeedEndpoint, FeedSource, PolicyFeed};
 pub use record::{L7Peer, L7Record, L7Verdict, RecordSink};
-pub use server::{ProxyHandle, ProxyOptions, Stats};
+pub use server::{ProxyHandle, ProxyOptions, ProxyStatus, Stats};
 pub use snapshot::{ConnPlan, ConnVerdict, PolicySnapshot, RequestVerdict};

@@ -5,21 +5,21 @@
 use palisade_policy::api::Direction;
 use palisade_policy::identity::NumericIdentity;
 use palisade_policy::mapstate::RuleRef;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// One side of an L7 flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct L7Peer {
     pub ip: std::net::IpAddr,
     pub port: u16,
     pub identity: NumericIdentity,
     pub labels: Arc<[String]>,
     /// The pod key when this side is a local endpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
 
@@ -41,7 +41,7 @@ impl L7Peer {
 }
 
 /// Whether the request went to the destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum L7Verdict {
     Forwarded,
@@ -52,7 +52,7 @@ pub enum L7Verdict {
 }
 
 /// One request/response pair.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct L7Record {
     /// When the request head arrived.
     #[serde(with = "unix_nanos")]
@@ -68,12 +68,12 @@ pub struct L7Record {
     /// `http://authority/path?query`.
     pub url: String,
     /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: &'static str,
+    pub protocol: std::borrow::Cow<'static, str>,
     /// The status sent to the client (`None` if the exchange failed
     /// before a response).
     pub status: Option<u16>,
     /// gRPC status when the response carries one in its head.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u32>,
     /// From the request head to the response head.
     pub latency_ns: u64,
@@ -162,8 +162,12 @@ impl RecordSink {
 }
 
 mod unix_nanos {
-    use serde::Serializer;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_nanos(u64::deserialize(d)?))
+    }
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         let ns = t

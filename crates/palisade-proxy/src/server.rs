@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use palisade_policy::engine::Engine;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -41,8 +41,8 @@ pub(crate) struct Counters {
 }
 
 /// A copy of the counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct Stats {
     pub accepted: u64,
     pub rejected_by_limit: u64,
@@ -70,10 +70,39 @@ pub(crate) struct Shared {
     next_revision: AtomicU64,
     changed: watch::Sender<u64>,
     redirect_revision: AtomicU64,
+    /// Where the proxy reports what it enforces (`None`: nowhere).
+    status_file: Option<std::path::PathBuf>,
+    /// Proxy revision -> the feed (agent) revision it was built from.
+    feed_revisions: Mutex<BTreeMap<u64, u64>>,
+    /// The last rejected feed: its revision and why.
+    rejected: Mutex<Option<(Option<u64>, String)>>,
+}
+
+/// What the proxy process reports in its status file (JSON, replaced
+/// atomically): the agent waits on it after writing a feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub pid: u32,
+    /// The proxy's own policy revision in force.
+    pub policy_revision: u64,
+    /// The revision whose redirect rules are installed.
+    pub redirect_revision: u64,
+    /// The feed revision (the agent's) that is enforced, redirection included.
+    pub feed_revision: Option<u64>,
+    /// The feed revision last rejected, and why.
+    pub rejected_feed_revision: Option<u64>,
+    pub rejected_reason: Option<String>,
+    pub stats: Stats,
 }
 
 impl Shared {
-    fn new(config: ProxyConfig, sink: RecordSink, initial: PolicySnapshot) -> Self {
+    fn new(
+        config: ProxyConfig,
+        sink: RecordSink,
+        initial: PolicySnapshot,
+        status_file: Option<std::path::PathBuf>,
+    ) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -98,6 +127,76 @@ impl Shared {
             next_revision: AtomicU64::new(rev + 1),
             changed,
             redirect_revision: AtomicU64::new(0),
+            status_file,
+            feed_revisions: Mutex::new(BTreeMap::new()),
+            rejected: Mutex::new(None),
+        }
+    }
+
+    /// Notes which feed revision the proxy revision `rev` was built from.
+    fn note_feed_revision(&self, rev: u64, feed: Option<u64>) {
+        if let Some(f) = feed {
+            let mut m = self
+                .feed_revisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            m.insert(rev, f);
+            // Only the newest few matter.
+            while m.len() > 16 {
+                m.pop_first();
+            }
+        }
+    }
+
+    fn note_rejected(&self, feed: Option<u64>, reason: String) {
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some((feed, reason));
+        self.write_status();
+    }
+
+    /// The status as of now.
+    fn status(&self) -> ProxyStatus {
+        let policy_revision = self.policy.load().revision();
+        let redirect_revision = if self.config.manage_redirect {
+            self.redirect_revision.load(Ordering::Acquire)
+        } else {
+            policy_revision
+        };
+        let feed_revision = self
+            .feed_revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(..=redirect_revision)
+            .next_back()
+            .map(|(_, f)| *f);
+        let rejected = self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ProxyStatus {
+            pid: std::process::id(),
+            policy_revision,
+            redirect_revision,
+            feed_revision,
+            rejected_feed_revision: rejected.as_ref().and_then(|r| r.0),
+            rejected_reason: rejected.map(|r| r.1),
+            stats: self.stats(),
+        }
+    }
+
+    /// Writes the status file (when there is one), atomically.
+    fn write_status(&self) {
+        let Some(path) = &self.status_file else {
+            return;
+        };
+        let Ok(text) = serde_json::to_vec(&self.status()) else {
+            return;
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!(target: "palisade::proxy", "{}: {e}", path.display());
         }
     }
 
@@ -116,8 +215,18 @@ impl Shared {
         &self,
         build: impl FnOnce(u64) -> Result<PolicySnapshot, ProxyError>,
     ) -> Result<u64, ProxyError> {
+        self.install_with(build, None)
+    }
+
+    /// [`Shared::install`], noting the feed revision it comes from.
+    fn install_with(
+        &self,
+        build: impl FnOnce(u64) -> Result<PolicySnapshot, ProxyError>,
+        feed_revision: Option<u64>,
+    ) -> Result<u64, ProxyError> {
         let rev = self.next_revision.fetch_add(1, Ordering::Relaxed);
         let snap = build(rev)?;
+        self.note_feed_revision(rev, feed_revision);
         self.policy.store(Arc::new(snap));
         self.changed.send_replace(rev);
         tracing::info!(target: "palisade::proxy", revision = rev, "policy updated");
@@ -160,6 +269,11 @@ pub struct ProxyOptions {
     pub feed_poll: Option<Duration>,
     /// Stop on SIGINT/SIGTERM, reload the feed on SIGHUP (the process).
     pub handle_signals: bool,
+    /// Write a [`ProxyStatus`] here whenever what is enforced changes.
+    pub status_file: Option<std::path::PathBuf>,
+    /// Stop when the feed file's directory disappears (the agent's state
+    /// was removed): a supervised proxy does not outlive its agent's state.
+    pub exit_without_feed_dir: bool,
 }
 
 /// A running proxy. Dropping it stops the proxy (and removes its
@@ -230,6 +344,11 @@ impl ProxyHandle {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// What the status file says.
+    pub fn status(&self) -> ProxyStatus {
+        self.shared.status()
     }
 
     /// Stops the proxy and waits for its thread.
@@ -323,11 +442,15 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
     let managed = config.manage_redirect;
     let table = config.clone();
     rt.block_on(async move {
+        let mut initial_feed_revision = None;
         let initial = match (opts.initial, &opts.feed) {
             (Some(s), _) => s,
             (None, Some(feed)) => match feed.read() {
                 Ok(f) => match f.build(1) {
-                    Ok(s) => s,
+                    Ok(s) => {
+                        initial_feed_revision = f.revision;
+                        s
+                    }
                     Err(e) => {
                         let _ = ready.send(Err(e));
                         return;
@@ -368,7 +491,8 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
                 return;
             }
         };
-        let shared = Arc::new(Shared::new(config, opts.sink, initial));
+        let shared = Arc::new(Shared::new(config, opts.sink, initial, opts.status_file));
+        shared.note_feed_revision(shared.policy.load().revision(), initial_feed_revision);
         if shared.config.manage_redirect {
             let snap = shared.policy.load_full();
             let r = redirect::install_routing()
@@ -383,6 +507,7 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
                 .store(snap.revision(), Ordering::Release);
         }
         tracing::info!(target: "palisade::proxy", %local_addr, revision = shared.policy.load().revision(), "proxy listening");
+        shared.write_status();
         if ready.send(Ok((shared.clone(), local_addr))).is_err() {
             return;
         }
@@ -390,11 +515,13 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
             tokio::spawn(reconcile_redirect(shared.clone()));
         }
         let (reload_tx, reload_rx) = watch::channel(0u64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut shutdown = merge_shutdown(shutdown, stop_rx);
         if let Some(feed) = opts.feed {
             let poll = opts.feed_poll.unwrap_or(Duration::from_millis(250));
-            tokio::spawn(watch_feed(shared.clone(), feed, poll, reload_rx));
+            let orphan_stop = opts.exit_without_feed_dir.then(|| stop_tx.clone());
+            tokio::spawn(watch_feed(shared.clone(), feed, poll, reload_rx, orphan_stop));
         }
-        let mut shutdown = shutdown;
         if opts.handle_signals {
             let (tx, rx) = watch::channel(false);
             tokio::spawn(signals(tx, reload_tx));
@@ -460,6 +587,7 @@ async fn reconcile_redirect(shared: Arc<Shared>) {
         shared
             .redirect_revision
             .store(snap.revision(), Ordering::Release);
+        shared.write_status();
     }
 }
 
@@ -469,7 +597,13 @@ async fn watch_feed(
     feed: FeedSource,
     poll: Duration,
     mut reload: watch::Receiver<u64>,
+    orphan_stop: Option<watch::Sender<bool>>,
 ) {
+    let feed_dir = match &feed {
+        FeedSource::File(p) => p.parent().map(|d| d.to_path_buf()),
+        FeedSource::ManifestDir { .. } => None,
+    };
+    let mut missing_dir_polls = 0;
     let mut last = feed.fingerprint().ok();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -478,6 +612,18 @@ async fn watch_feed(
             _ = tick.tick() => false,
             r = reload.changed() => r.is_ok(),
         };
+        if let (Some(stop), Some(dir)) = (&orphan_stop, &feed_dir) {
+            missing_dir_polls = if dir.is_dir() {
+                0
+            } else {
+                missing_dir_polls + 1
+            };
+            if missing_dir_polls >= 4 {
+                tracing::warn!(target: "palisade::proxy", "{}: the agent's state directory is gone; stopping", dir.display());
+                stop.send_replace(true);
+                return;
+            }
+        }
         let fp = match feed.fingerprint() {
             Ok(fp) => Some(fp),
             Err(e) => {
@@ -499,6 +645,7 @@ async fn watch_feed(
                     .feed_rejected
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(target: "palisade::proxy", "feed rejected: {e}");
+                shared.note_rejected(None, e.to_string());
                 continue;
             }
             Err(e) => {
@@ -507,14 +654,23 @@ async fn watch_feed(
             }
         };
         let sh = shared.clone();
-        match tokio::task::spawn_blocking(move || sh.install(|rev| parsed.build(rev))).await {
-            Ok(Ok(_)) => {}
+        let feed_revision = parsed.revision;
+        let built = tokio::task::spawn_blocking(move || {
+            sh.install_with(|rev| parsed.build(rev), feed_revision)
+        });
+        match built.await {
+            Ok(Ok(_)) => {
+                if !shared.config.manage_redirect {
+                    shared.write_status();
+                }
+            }
             Ok(Err(e)) => {
                 shared
                     .counters
                     .feed_rejected
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(target: "palisade::proxy", "feed rejected: {e}");
+                shared.note_rejected(feed_revision, e.to_string());
             }
             Err(e) => tracing::error!(target: "palisade::proxy", "feed build: {e}"),
         }

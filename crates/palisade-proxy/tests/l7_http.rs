@@ -418,7 +418,7 @@ fn feed_file_updates_and_rejections() {
             },
         ],
         manifests: vec![text.to_string()],
-        options: Default::default(),
+        ..Default::default()
     };
     feed(&original).write_atomically(&path).expect("write feed");
     let mut lab = Lab::with_feed(

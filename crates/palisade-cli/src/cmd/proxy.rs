@@ -46,8 +46,21 @@ pub struct ProxyArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Write every L7 record as a JSON line to this file (`-`: stdout).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "records_socket")]
     records: Option<String>,
+    /// Serve the L7 records to the agent on this unix socket (the agent
+    /// connects and reconnects after a restart; records wait in a bounded
+    /// queue meanwhile, and overflow is reported as lost).
+    #[arg(long)]
+    records_socket: Option<PathBuf>,
+    /// Write the proxy's status (pid, the feed revision enforced, counters)
+    /// to this JSON file whenever it changes.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// With --feed: stop when the feed file's directory disappears (the
+    /// agent's state was removed).
+    #[arg(long, requires = "feed")]
+    exit_with_feed_dir: bool,
     /// Do not log every L7 record.
     #[arg(long)]
     quiet: bool,
@@ -82,9 +95,11 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
         },
         (None, None) => anyhow::bail!("give --feed FILE or --manifests DIR"),
     };
-    let sink = match a.records.as_deref() {
-        None => RecordSink::none(),
-        Some(path) => record_writer(path)?,
+    let sink = match (a.records.as_deref(), &a.records_socket) {
+        (Some(path), _) => record_writer(path)?,
+        (None, Some(sock)) => palisade_proxy::relay::listen(sock, 65_536)
+            .with_context(|| format!("records socket {}", sock.display()))?,
+        (None, None) => RecordSink::none(),
     };
     let handle = ProxyHandle::spawn(ProxyOptions {
         config,
@@ -95,6 +110,8 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
         feed: Some(feed),
         feed_poll: None,
         handle_signals: true,
+        status_file: a.status_file,
+        exit_without_feed_dir: a.exit_with_feed_dir,
     })?;
     eprintln!(
         "palisade proxy listening on {} (policy revision {})",
