@@ -84,8 +84,10 @@ pub(crate) struct Shared {
     attribution: RwLock<Attribution>,
     events: Mutex<EventLog>,
     flows: Arc<FlowHub>,
-    /// The in-process HTTP proxy (when `config.l7_proxy` is set).
-    proxy: Mutex<Option<palisade_proxy::ProxyHandle>>,
+    /// The HTTP/gRPC proxy process (when `config.l7_proxy` is set).
+    proxy: Mutex<Option<crate::l7proc::L7Process>>,
+    /// The threads that follow and supervise it.
+    proxy_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The in-process DNS and Kafka proxies (started with the HTTP proxy).
     l7_extra: Mutex<L7Extra>,
     stop: AtomicBool,
@@ -135,6 +137,94 @@ pub fn ensure_node_netns(cfg: &AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// The objects the engines are built from, in override order, each with
+/// where it came from (`None`: synthesised by the agent).
+fn engine_objects<'a>(
+    cfg: &AgentConfig,
+    dir: &'a [Sourced],
+    api: &'a [Sourced],
+    pods: &BTreeMap<String, PodRecord>,
+) -> Vec<(Object, Option<&'a Sourced>)> {
+    let mut objects = Vec::new();
+    let namespaces: BTreeSet<&str> = pods.values().map(|p| p.namespace.as_str()).collect();
+    for ns in namespaces {
+        let ns = Namespace {
+            name: ns.to_string(),
+            labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]),
+        };
+        objects.push((Object::Namespace(ns), None));
+    }
+    let node = Node {
+        name: cfg.node_name.clone(),
+        labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), cfg.node_name.clone())]),
+        addresses: vec![cfg.node_address.into()],
+    };
+    objects.push((Object::Node(node), None));
+    let mut declared = BTreeMap::new();
+    for s in dir.iter().chain(api) {
+        if let Object::Pod(p) = &s.object {
+            declared.insert(p.key(), p.clone());
+        }
+        objects.push((s.object.clone(), Some(s)));
+    }
+    for rec in pods.values() {
+        let pod = rec.to_pod(&cfg.node_name, declared.get(&rec.key()));
+        objects.push((Object::Pod(pod), None));
+    }
+    objects
+}
+
+/// The L7 proxy process's feed: the same objects as [`build_engine`], in
+/// the same order (source objects by reference to their file's text,
+/// synthesised ones as manifests), and the names the DNS proxy learned.
+fn feed_of(
+    cfg: &AgentConfig,
+    dir: &[Sourced],
+    api: &[Sourced],
+    pods: &BTreeMap<String, PodRecord>,
+    fqdns: Vec<palisade_proxy::feed::FeedFqdn>,
+) -> palisade_proxy::PolicyFeed {
+    use palisade_proxy::feed::{FeedDocument, FeedFile};
+    let mut files: Vec<FeedFile> = Vec::new();
+    let mut file_index: BTreeMap<(&str, *const u8), usize> = BTreeMap::new();
+    let mut documents = Vec::new();
+    for (object, origin) in engine_objects(cfg, dir, api, pods) {
+        let doc = match (origin, &object) {
+            (Some(s), _) => {
+                let file = *file_index
+                    .entry((s.file.as_str(), s.text.as_ptr()))
+                    .or_insert_with(|| {
+                        files.push(FeedFile {
+                            name: s.file.clone(),
+                            text: s.text.to_string(),
+                        });
+                        files.len() - 1
+                    });
+                FeedDocument::Ref {
+                    file,
+                    index: s.index,
+                }
+            }
+            (None, Object::Namespace(n)) => FeedDocument::Inline(n.to_manifest()),
+            (None, Object::Node(n)) => FeedDocument::Inline(n.to_manifest()),
+            (None, Object::Pod(p)) => FeedDocument::Inline(p.to_manifest()),
+            (None, _) => continue,
+        };
+        documents.push(doc);
+    }
+    palisade_proxy::PolicyFeed {
+        local_node: Some(cfg.node_name.clone()),
+        files,
+        documents,
+        fqdns,
+        options: palisade_proxy::feed::FeedOptions {
+            enable_node_selector_labels: cfg.options.enable_node_selector_labels,
+            enable_extended_ip_protocols: cfg.options.enable_extended_ip_protocols,
+        },
+        ..Default::default()
+    }
+}
+
 /// Builds the engine from every source, in override order: synthesised
 /// namespaces of local pods and the synthesised node, then the manifests
 /// directory, then API objects, then the local pods (merged over pods the
@@ -145,30 +235,10 @@ fn build_engine(
     api: &[Sourced],
     pods: &BTreeMap<String, PodRecord>,
 ) -> (Engine, Option<Engine>) {
-    let mut objects: Vec<Object> = Vec::new();
-    let namespaces: BTreeSet<&str> = pods.values().map(|p| p.namespace.as_str()).collect();
-    for ns in namespaces {
-        objects.push(Object::Namespace(Namespace {
-            name: ns.to_string(),
-            labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]),
-        }));
-    }
-    objects.push(Object::Node(Node {
-        name: cfg.node_name.clone(),
-        labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), cfg.node_name.clone())]),
-        addresses: vec![cfg.node_address.into()],
-    }));
-    let mut declared = BTreeMap::new();
-    for s in dir.iter().chain(api) {
-        if let Object::Pod(p) = &s.object {
-            declared.insert(p.key(), p.clone());
-        }
-        objects.push(s.object.clone());
-    }
-    for rec in pods.values() {
-        let pod = rec.to_pod(&cfg.node_name, declared.get(&rec.key()));
-        objects.push(Object::Pod(pod));
-    }
+    let objects: Vec<Object> = engine_objects(cfg, dir, api, pods)
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
     // Audit mode: the datapath enforces the set without audited policies;
     // the full set is kept to report what it would deny.
     let audited = palisade_policy::audit::audited_policies(&objects);
@@ -375,6 +445,7 @@ impl Agent {
             events: Mutex::new(EventLog::default()),
             flows: Arc::new(FlowHub::new(config_ring_capacity, &node_name)),
             proxy: Mutex::new(None),
+            proxy_threads: Mutex::new(Vec::new()),
             l7_extra: Mutex::new(L7Extra::default()),
             stop: AtomicBool::new(false),
         });
@@ -540,14 +611,26 @@ impl Agent {
 
     fn stop_threads(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // The L7 proxy process keeps enforcing, as the pinned datapath
+        // does; the next agent adopts it.
         if let Some(p) = self
             .shared
             .proxy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .as_ref()
         {
-            p.shutdown();
+            tracing::info!(pid = p.pid(), "the L7 proxy process keeps running");
+        }
+        let proxy_threads: Vec<_> = self
+            .shared
+            .proxy_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for t in proxy_threads {
+            let _ = t.join();
         }
         self.shared.stop_l7_extra();
         for t in self.threads.drain(..) {
@@ -562,6 +645,15 @@ impl Agent {
     /// namespace, the pinned datapath and the state directory.
     pub fn destroy(mut self) {
         self.stop_threads();
+        if let Some(p) = self
+            .shared
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            p.stop();
+        }
         let cfg = self.shared.config.clone();
         drop(self);
         purge(&cfg.node_netns, &cfg.pin_root);
@@ -687,23 +779,9 @@ impl Shared {
         }
         st.status = status;
         st.reconciliations += 1;
-        if let Some(p) = self
-            .proxy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            // The proxy installs its redirect sets on its own runtime: wait
-            // (bounded) so that a change is enforced when it returns.
-            let rev = p.update_engine(st.engine.clone());
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while p.redirect_revision() < rev && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if p.redirect_revision() < rev {
-                tracing::warn!(rev, "the L7 proxy's redirect rules lag behind the policy");
-            }
-        }
+        // The proxy process installs its redirect sets itself: wait
+        // (bounded) so that a change is enforced when this returns.
+        self.feed_proxy_process(st, Duration::from_secs(3));
         self.feed_l7_extra(&st.engine, true);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
@@ -738,9 +816,52 @@ impl Shared {
         }
     }
 
-    /// Starts the in-process HTTP/gRPC L7 proxy in the node namespace
-    /// (no-op when it runs): its L7 records become flows, and every
-    /// reconciliation feeds it the policy and its redirect sets.
+    /// The feed of the proxy process: what the engines are built from.
+    fn proxy_feed(&self, st: &State) -> palisade_proxy::PolicyFeed {
+        let mut names: BTreeMap<&str, Vec<std::net::IpAddr>> = BTreeMap::new();
+        for (ip, ns) in st.engine.learned_fqdns() {
+            for n in ns {
+                names.entry(n.as_str()).or_default().push(ip);
+            }
+        }
+        let fqdns = names
+            .into_iter()
+            .map(|(name, ips)| palisade_proxy::feed::FeedFqdn {
+                name: name.to_string(),
+                ips,
+            })
+            .collect();
+        feed_of(
+            &self.config,
+            &st.dir_objects,
+            &st.api_objects,
+            &st.pods,
+            fqdns,
+        )
+    }
+
+    /// Writes the proxy process's feed (when it runs) and waits up to
+    /// `wait` until it enforces it.
+    fn feed_proxy_process(&self, st: &State, wait: Duration) {
+        let mut g = self.proxy.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = g.as_mut() else {
+            return;
+        };
+        match p.update(self.proxy_feed(st), wait) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                pid = p.pid(),
+                "the L7 proxy's policy or redirect rules lag behind the agent's"
+            ),
+            Err(e) => tracing::error!(error = %e, "feeding the L7 proxy"),
+        }
+    }
+
+    /// Starts the HTTP/gRPC L7 proxy as a process of its own in the node
+    /// namespace, or adopts the one an earlier agent left running (no-op
+    /// when this agent has it). Its L7 records become flows; every
+    /// reconciliation feeds it the policy. Also starts the in-process DNS
+    /// and Kafka proxies.
     fn start_l7_proxy(self: &Arc<Self>, pcfg: palisade_proxy::ProxyConfig) -> Result<()> {
         if self
             .proxy
@@ -750,38 +871,92 @@ impl Shared {
         {
             return Ok(());
         }
-        let hub = self.flows.clone();
-        let node = self.config.node_name.clone();
-        let sink = palisade_proxy::RecordSink::callback(move |r| {
-            hub.metrics()
-                .proxy_requests
-                .get_or_create(&palisade_flow::metrics::ProxyLabels {
-                    protocol: "http".into(),
-                    verdict: format!("{:?}", r.verdict).to_ascii_uppercase(),
-                })
-                .inc();
-            hub.metrics()
-                .proxy_latency_seconds
-                .observe(r.latency_ns as f64 / 1e9);
-            hub.push(crate::flows::flow_of_l7(&r, &node));
-        });
-        let initial = {
-            let st = self.lock();
-            palisade_proxy::PolicySnapshot::new(st.engine.clone(), 1)
+        let program = match &self.config.proxy_program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| AgentError::io("finding this executable (the L7 proxy)", e))?,
         };
-        let handle = palisade_proxy::ProxyHandle::spawn(palisade_proxy::ProxyOptions {
-            config: pcfg,
-            netns: Some(self.config.node_netns.clone()),
-            workers: Some(2),
-            sink,
-            initial: Some(initial),
-            ..Default::default()
-        })
-        .map_err(|e| AgentError::Conflict(format!("starting the L7 proxy: {e}")))?;
-        tracing::info!(addr = %handle.local_addr(), "L7 proxy running in the node namespace");
+        let dir = self.config.state_dir.join("l7-proxy");
+        let feed = self.proxy_feed(&self.lock());
+        let process = crate::l7proc::L7Process::start_or_adopt(
+            &dir,
+            &program,
+            &self.config.node_netns,
+            &pcfg,
+            feed,
+        )?;
+        tracing::info!(
+            pid = process.pid(),
+            "L7 proxy process running in the node namespace"
+        );
+        *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(process);
+        let mut threads = Vec::new();
+        let me = self.clone();
+        let sock = crate::l7proc::L7Process::records_path(&dir);
+        threads.push(
+            std::thread::Builder::new()
+                .name("palisade-l7-records".into())
+                .spawn(move || {
+                    palisade_proxy::relay::follow(&sock, || me.stopped(), |l| me.on_relay_line(l))
+                })
+                .map_err(|e| AgentError::io("starting the L7 records thread", e))?,
+        );
+        let me = self.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("palisade-l7-supervise".into())
+                .spawn(move || me.supervise_proxy())
+                .map_err(|e| AgentError::io("starting the L7 supervisor thread", e))?,
+        );
+        self.proxy_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(threads);
         self.start_l7_extra()?;
-        *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
+    }
+
+    /// One line from the proxy process: a record becomes a flow and
+    /// metrics; a loss is counted, never silent.
+    fn on_relay_line(&self, line: palisade_proxy::relay::RelayLine) {
+        let hub = &self.flows;
+        match line {
+            palisade_proxy::relay::RelayLine::Record(r) => {
+                hub.metrics()
+                    .proxy_requests
+                    .get_or_create(&palisade_flow::metrics::ProxyLabels {
+                        protocol: "http".into(),
+                        verdict: format!("{:?}", r.verdict).to_ascii_uppercase(),
+                    })
+                    .inc();
+                hub.metrics()
+                    .proxy_latency_seconds
+                    .observe(r.latency_ns as f64 / 1e9);
+                hub.push(crate::flows::flow_of_l7(&r, &self.config.node_name));
+            }
+            palisade_proxy::relay::RelayLine::Lost(n) => {
+                tracing::warn!(lost = n, "L7 records the proxy could not deliver");
+                hub.metrics()
+                    .lost_events
+                    .get_or_create(&palisade_flow::metrics::SourceLabels {
+                        source: "OBSERVER_EVENTS_QUEUE".into(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Starts the proxy process again whenever it dies.
+    fn supervise_proxy(self: Arc<Self>) {
+        while !self.wait_or_stop(Duration::from_millis(500)) {
+            let st = self.lock();
+            let mut g = self.proxy.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = g.as_mut()
+                && let Err(e) = p.ensure_running(|| self.proxy_feed(&st))
+            {
+                tracing::error!(error = %e, "restarting the L7 proxy");
+            }
+        }
     }
 
     /// A local pod was added (`st.pods` holds it): in place on both
@@ -1740,14 +1915,10 @@ impl Shared {
             tracing::error!(error = %e, "reconciliation (FQDN)");
         }
         st.reconciliations += 1;
-        if let Some(p) = self
-            .proxy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            p.update_engine(st.engine.clone());
-        }
+        // A client connects right after the DNS answer: the HTTP proxy must
+        // know the name's identity by then (short bound: the DNS proxy
+        // holds the answer meanwhile).
+        self.feed_proxy_process(st, Duration::from_millis(500));
         self.feed_l7_extra(&st.engine, false);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));

@@ -332,6 +332,7 @@ fn a_sources_change_that_only_adds_pods_applies_in_place() {
         key: "Pod/default/l0".into(),
         file: "x.yaml".into(),
         index: 0,
+        text: "".into(),
         object: Object::Pod(local),
     });
     assert!(
@@ -342,4 +343,67 @@ fn a_sources_change_that_only_adds_pods_applies_in_place() {
         pods_added(&refs(&new), &refs(&new), &pods).map(|a| a.len()),
         Some(0)
     );
+}
+
+/// The L7 proxy process rebuilds its engine from the feed the agent
+/// writes: it must resolve exactly what the agent's enforced view does
+/// (audited policies left out, local pods with their IPAM addresses and
+/// merged labels, API objects, learned names).
+#[test]
+fn the_proxy_feed_resolves_to_the_agents_enforced_view() {
+    let cfg = config();
+    let dir = sources(6);
+    let api = parse(
+        "api.yaml",
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {role: local}}
+  egress:
+    - toFQDNs: [{matchPattern: "*.example.com"}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/v1/.*"}]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: l1, namespace: default, labels: {declared: "yes"}}
+spec: {nodeName: other}
+"#
+        .into(),
+    );
+    let mut pods = BTreeMap::new();
+    for i in 0..3 {
+        let r = record(i, &[("role", "local"), ("idx", &format!("l{i}"))]);
+        pods.insert(r.key(), r);
+    }
+    let (mut agent, _) = build_engine(&cfg, &dir, &api, &pods);
+    agent.learn_fqdn("api.example.com", "192.0.2.7".parse().unwrap());
+    agent.learn_fqdn("www.example.com", "192.0.2.8".parse().unwrap());
+    let fqdns = vec![
+        palisade_proxy::feed::FeedFqdn {
+            name: "api.example.com".into(),
+            ips: vec!["192.0.2.7".parse().unwrap()],
+        },
+        palisade_proxy::feed::FeedFqdn {
+            name: "www.example.com".into(),
+            ips: vec!["192.0.2.8".parse().unwrap()],
+        },
+    ];
+    let feed = feed_of(&cfg, &dir, &api, &pods, fqdns);
+    // Through JSON, as the proxy reads it.
+    let text = serde_json::to_string(&feed).expect("json");
+    let read = palisade_proxy::PolicyFeed::from_json("feed.json", &text).expect("feed");
+    let proxy = read.build(1).expect("the feed builds");
+    if let Some(d) = first_difference(&snapshot(&agent), &snapshot(proxy.engine())) {
+        panic!("the proxy's engine differs from the agent's enforced view: {d}");
+    }
+    // The audited policy is not enforced by the proxy either, and every
+    // source object is a reference to its file (no re-rendering).
+    assert!(
+        proxy
+            .engine()
+            .policies()
+            .all(|p| p.id.name != "audited-egress")
+    );
+    assert_eq!(read.files.len(), 2);
 }

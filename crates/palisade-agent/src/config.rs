@@ -116,11 +116,15 @@ pub struct AgentConfig {
     pub web_listen: Option<std::net::SocketAddr>,
     /// Capacity of the ring of recent flows.
     pub flow_ring_capacity: usize,
-    /// Run the HTTP/gRPC L7 proxy inside the agent, in the node namespace
-    /// (`None`: no L7 enforcement by this agent). Its L7 records become
-    /// flows; every reconciliation feeds it the new policy and its
-    /// redirect sets.
+    /// Run the L7 proxies (`None`: no L7 enforcement by this agent): the
+    /// HTTP/gRPC proxy as a supervised process of its own (it survives an
+    /// agent restart), the DNS and Kafka proxies inside the agent, all in
+    /// the node namespace. Their records become flows; every
+    /// reconciliation feeds them the new policy and redirect sets.
     pub l7_proxy: Option<palisade_proxy::ProxyConfig>,
+    /// The program whose `proxy` subcommand runs the HTTP/gRPC L7 proxy as
+    /// its own process (`None`: this executable, i.e. `palisade`).
+    pub proxy_program: Option<PathBuf>,
 }
 
 fn hostname() -> String {
@@ -153,6 +157,7 @@ impl Default for AgentConfig {
             web_listen: None,
             flow_ring_capacity: crate::flows::DEFAULT_FLOW_RING_CAPACITY,
             l7_proxy: None,
+            proxy_program: None,
         }
     }
 }

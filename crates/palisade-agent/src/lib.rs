@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod flows;
 pub mod ipam;
+pub mod l7proc;
 pub mod pods;
 pub mod reconcile;
 mod server;

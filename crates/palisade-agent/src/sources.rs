@@ -30,6 +30,9 @@ pub struct Sourced {
     pub file: String,
     /// Index of the document in the file.
     pub index: usize,
+    /// The whole text of the file (shared by its objects): what the L7
+    /// proxy process is fed, so it decodes exactly what the agent accepted.
+    pub text: std::sync::Arc<str>,
     /// The object.
     pub object: Object,
 }
@@ -52,6 +55,7 @@ pub fn parse_all(files: &[SourceFile], opts: &Options) -> Result<Vec<Sourced>> {
     let mut out = Vec::new();
     let mut diagnostics = Vec::new();
     for f in files {
+        let text: std::sync::Arc<str> = std::sync::Arc::from(f.text.as_str());
         for (index, doc) in parse_file(&f.name, &f.text, opts).into_iter().enumerate() {
             diagnostics.extend(doc.errors.iter().map(|d| d.to_string()));
             if let Some(object) = doc.object
@@ -61,6 +65,7 @@ pub fn parse_all(files: &[SourceFile], opts: &Options) -> Result<Vec<Sourced>> {
                     key,
                     file: f.name.clone(),
                     index,
+                    text: text.clone(),
                     object,
                 });
             }
@@ -184,6 +189,7 @@ impl ApiStore {
                         key: d.key.clone(),
                         file: d.file.clone(),
                         index: d.index,
+                        text: std::sync::Arc::from(d.text.as_str()),
                         object,
                     })
                 }

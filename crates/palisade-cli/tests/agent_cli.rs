@@ -26,9 +26,12 @@ struct Env {
     child: Option<Child>,
 }
 
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Env {
     fn new() -> Env {
-        let tag = format!("{}", std::process::id());
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
         let base = std::env::temp_dir().join(format!("palisade-cli-agent-{tag}"));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("manifests")).expect("tmp dirs");
@@ -44,6 +47,10 @@ impl Env {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    fn start_agent_with(&mut self, extra: &[&str]) {
         let child = Command::new(BIN)
             .args([
                 "agent",
@@ -62,6 +69,8 @@ impl Env {
             .arg(&self.manifests)
             .arg("--socket")
             .arg(&self.socket)
+            .args(["--web-listen", "off"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -101,6 +110,10 @@ impl Env {
         pods.into_iter().find(|p| p.pod == key).expect("pod listed")
     }
 
+    fn proxy_status(&self) -> Option<palisade_proxy::ProxyStatus> {
+        palisade_agent::l7proc::read_status(&self.state_dir.join("l7-proxy"))
+    }
+
     fn status_json(&self) -> serde_json::Value {
         let out = self.cli(&["status", "-o", "json"]);
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
@@ -110,6 +123,12 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.kill_agent();
+        if let Some(pid) = self.proxy_status().map(|s| s.pid) {
+            // SAFETY: kill(2); the pid is the test's own proxy process.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
         palisade_agent::purge(&self.node_netns, &self.pin_root);
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("palisade-cli-agent-{}", self.tag)),
@@ -307,4 +326,116 @@ fn agent_pods_policy_invalid_updates_and_sigkill() {
     env.kill_agent();
     // with the agent gone, `status` reports it
     assert_eq!(env.cli(&["status"]).status.code(), Some(1));
+}
+
+const L7_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: l7-policy
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels:
+      app: myapp
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            app: frontend
+      toPorts:
+        - ports:
+            - port: "80"
+              protocol: TCP
+          rules:
+            http:
+              - method: "GET"
+                path: "/public"
+"#;
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// The HTTP proxy is a process of its own: SIGKILL of the agent leaves L7
+/// enforcement in place (old and new connections), the restarted agent
+/// adopts the same proxy and feeds it, and the supervisor restarts a
+/// proxy that died.
+#[test]
+fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut env = Env::new();
+    write(&env.manifests.join("l7.yaml"), L7_POLICY);
+    env.start_agent_with(&["--l7-proxy"]);
+    for (p, l) in [
+        ("default/frontend", "app=frontend"),
+        ("default/myapp", "app=myapp"),
+    ] {
+        let out = env.cli(&["pod", "run", p, "--labels", l, "--port", "http:80/TCP"]);
+        assert!(out.status.success(), "pod run {p}: {out:?}");
+    }
+    let fe = env.pod("default/frontend");
+    let app = env.pod("default/myapp");
+    let _srv = traffic::HttpServer::start(&app.netns, 80).expect("http server");
+    let t = Duration::from_secs(2);
+    let get = |path: &str| {
+        traffic::http_request(&fe.netns, app.ip, 80, "GET", path, &[], t)
+            .map(|a| a.status)
+            .unwrap_or(0)
+    };
+    let enforced = |allowed: &str, denied: &str| {
+        wait_until(Duration::from_secs(10), || {
+            get(allowed) == 200 && get(denied) == 403
+        })
+    };
+    assert!(enforced("/public", "/private"), "L7 policy enforced");
+    let proxy = env.proxy_status().expect("proxy status").pid;
+    assert!(pid_alive(proxy));
+
+    // The agent dies: the proxy keeps enforcing, new connections included.
+    env.kill_agent();
+    assert!(pid_alive(proxy), "the proxy outlives the agent");
+    assert_eq!(get("/public"), 200);
+    assert_eq!(get("/private"), 403);
+
+    // The restarted agent adopts the same proxy and feeds it.
+    env.start_agent_with(&["--l7-proxy"]);
+    assert_eq!(env.proxy_status().expect("status").pid, proxy, "adopted");
+    let policy = env.manifests.join("l7.yaml");
+    write(&policy, &L7_POLICY.replace("/public", "/private"));
+    assert!(
+        enforced("/private", "/public"),
+        "a change after the restart reaches the adopted proxy"
+    );
+    assert!(pid_alive(proxy));
+    // Its records reach the new agent as L7 flows.
+    let flows = || {
+        let out = env.cli(&["observe", "--protocol", "http", "-o", "jsonpb"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let f = flows();
+            f.contains("/private") && f.contains("FORWARDED") && f.contains("l7-policy")
+        }),
+        "{}",
+        flows()
+    );
+
+    // The proxy dies: the supervisor starts another, fed the same policy.
+    // SAFETY: kill(2) of the test's own proxy process.
+    unsafe {
+        libc::kill(proxy as libc::pid_t, libc::SIGKILL);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || env
+            .proxy_status()
+            .is_some_and(|s| s.pid != proxy && pid_alive(s.pid))),
+        "a new proxy process"
+    );
+    assert!(enforced("/private", "/public"), "the new proxy enforces");
 }

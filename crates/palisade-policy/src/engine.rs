@@ -216,6 +216,11 @@ impl Engine {
         self.endpoints.iter().map(|(k, e)| (k, e.identity, &e.map))
     }
 
+    /// The learned DNS names of each address.
+    pub fn learned_fqdns(&self) -> impl Iterator<Item = (IpAddr, &BTreeSet<String>)> {
+        self.fqdn_names.iter().map(|(ip, names)| (*ip, names))
+    }
+
     /// Records that `name` resolved to `ip` (the DNS proxy saw the answer);
     /// gives the address an FQDN identity and returns the deltas.
     pub fn learn_fqdn(&mut self, name: &str, ip: IpAddr) -> BTreeMap<String, MapDelta> {

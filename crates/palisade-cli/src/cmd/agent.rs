@@ -48,10 +48,12 @@ pub struct AgentArgs {
     /// /metrics. Default 127.0.0.1:9962 (loopback only); `off` disables them.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub web_listen: Option<String>,
-    /// Run the L7 proxies inside the agent (node namespace): HTTP/gRPC on
-    /// 15001, DNS on 15053 (toFQDNs learning, `palisade fqdn cache list`),
-    /// Kafka on 15092; their records become L7 flows. Without it, run
-    /// `palisade proxy`.
+    /// Run the L7 proxies in the node namespace: HTTP/gRPC on 15001 as a
+    /// supervised process of its own (`palisade proxy`, state in
+    /// STATE_DIR/l7-proxy/: it keeps enforcing while the agent restarts and
+    /// is adopted by the next agent), DNS on 15053 (toFQDNs learning,
+    /// `palisade fqdn cache list`) and Kafka on 15092 inside the agent.
+    /// Their records become L7 flows.
     #[arg(long)]
     pub l7_proxy: bool,
 }
@@ -123,7 +125,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     while !live::stopping() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    tracing::info!("stopping; pods and the pinned datapath stay in place");
+    tracing::info!("stopping; pods, the pinned datapath and the L7 proxy process stay in place");
     agent.shutdown();
     Ok(ExitCode::SUCCESS)
 }

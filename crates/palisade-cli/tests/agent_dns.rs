@@ -8,6 +8,7 @@
 //! the DNS rule does not allow gets REFUSED, the cache is served by
 //! `fqdn-cache-list`, and the queries are L7 DNS flows.
 
+#[path = "../../palisade-agent/tests/common/mod.rs"]
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -117,6 +118,7 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     let _cleanup = Cleanup(names.clone());
     let mut cfg = names.config("node-dns", "10.235.0.0/24");
     cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
+    cfg.proxy_program = Some(env!("CARGO_BIN_EXE_palisade").into());
     let agent = Agent::start(cfg).expect("agent starts");
 
     // The address api.example.com resolves to: a namespace outside the

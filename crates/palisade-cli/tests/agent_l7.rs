@@ -1,7 +1,8 @@
-//! The L7 proxy inside the agent: the seed's `example-policy` HTTP rule on
+//! The agent's L7 proxy process: the seed's `example-policy` HTTP rule on
 //! real pods and real HTTP, decided by the proxy the agent feeds, and the
 //! requests as L7 flows with the deciding rule.
 
+#[path = "../../palisade-agent/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
@@ -45,6 +46,7 @@ fn http_rules_enforced_by_the_agents_proxy() {
     let _cleanup = Cleanup(names.clone());
     let mut cfg = names.config("node-l7", "10.234.0.0/24");
     cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
+    cfg.proxy_program = Some(env!("CARGO_BIN_EXE_palisade").into());
     let agent = Agent::start(cfg).expect("agent starts");
     let (fe_ns, _) = pod(&agent, "default", "frontend", &[("app", "frontend")]);
     let (other_ns, _) = pod(&agent, "default", "other", &[("app", "other")]);
