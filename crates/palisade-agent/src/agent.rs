@@ -1518,6 +1518,12 @@ impl Shared {
             manifests_generation: st.dir_generation,
             manifests_errors: st.dir_errors.clone(),
             warnings: st.engine.warnings(),
+            l7_proxy: self
+                .proxy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .map(|p| p.info()),
         }
     }
 

@@ -229,6 +229,24 @@ pub struct StatusInfo {
     /// Engine warnings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The HTTP/gRPC proxy process, when the agent runs L7 proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7_proxy: Option<L7ProxyInfo>,
+}
+
+/// The L7 proxy process as the agent sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L7ProxyInfo {
+    pub pid: u32,
+    pub running: bool,
+    /// Times the agent had to start it again.
+    pub restarts: u64,
+    /// The feed revision the agent wrote last.
+    pub feed_revision: u64,
+    /// What the proxy reports (its status file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<palisade_proxy::ProxyStatus>,
 }
 
 /// One row of `palisade endpoint list`.

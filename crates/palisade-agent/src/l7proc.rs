@@ -102,6 +102,17 @@ impl L7Process {
         self.pid
     }
 
+    /// What `palisade status` shows.
+    pub fn info(&mut self) -> crate::api::L7ProxyInfo {
+        crate::api::L7ProxyInfo {
+            pid: self.pid,
+            running: self.alive(),
+            restarts: self.restarts,
+            feed_revision: self.feed_revision,
+            status: read_status(&self.dir),
+        }
+    }
+
     fn next_revision(&mut self) -> u64 {
         self.feed_revision += 1;
         self.feed_revision

@@ -405,6 +405,11 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     // The restarted agent adopts the same proxy and feeds it.
     env.start_agent_with(&["--l7-proxy"]);
     assert_eq!(env.proxy_status().expect("status").pid, proxy, "adopted");
+    let status = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains(&format!("L7 proxy:     running (pid {proxy},")),
+        "{status}"
+    );
     let policy = env.manifests.join("l7.yaml");
     write(&policy, &L7_POLICY.replace("/public", "/private"));
     assert!(

@@ -514,6 +514,18 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
         if shared.config.manage_redirect {
             tokio::spawn(reconcile_redirect(shared.clone()));
         }
+        if shared.status_file.is_some() {
+            // Counters move with every request: refresh the status file.
+            let sh = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let s = sh.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.write_status()).await;
+                }
+            });
+        }
         let (reload_tx, reload_rx) = watch::channel(0u64);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut shutdown = merge_shutdown(shutdown, stop_rx);

@@ -64,6 +64,35 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 println!("  {e}");
             }
         }
+        if let Some(p) = &s.l7_proxy {
+            let enforced = p
+                .status
+                .as_ref()
+                .and_then(|st| st.feed_revision)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "L7 proxy:     {} (pid {}, feed revision {} written, {} enforced, {} restarts)",
+                if p.running { "running" } else { "NOT RUNNING" },
+                p.pid,
+                p.feed_revision,
+                enforced,
+                p.restarts
+            );
+            if let Some(st) = &p.status {
+                println!(
+                    "              {} requests forwarded, {} denied, {} failed; {} open connections; {} feeds rejected",
+                    st.stats.requests_forwarded,
+                    st.stats.requests_dropped,
+                    st.stats.requests_failed,
+                    st.stats.open_connections,
+                    st.stats.feed_rejected
+                );
+                if let Some(r) = &st.rejected_reason {
+                    println!("              last rejected feed: {r}");
+                }
+            }
+        }
         for w in &s.warnings {
             println!("Warning:      {w}");
         }
