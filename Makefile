@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
 	iproute2 nftables iptables netcat-openbsd curl chromium \
-	dnsmasq-base kcat
+	dnsmasq-base kcat protobuf-compiler python3-protobuf
 
 .PHONY: deps build lab test fmt clippy bench
 

@@ -325,6 +325,51 @@ pub struct PolicyExplanation {
 /// The `@type` of Palisade's extension.
 pub const EXPLANATION_TYPE: &str = "type.googleapis.com/palisade.flow.v1.PolicyExplanation";
 
+/// The encoding of `Flow.extensions`. In Hubble's proto it is a single
+/// `google.protobuf.Any` (not repeated), so protojson writes one object
+/// with an `@type`, never an array. Palisade fills it with one
+/// explanation; several would be merged into one (rules concatenated,
+/// sentences joined) rather than written as something a protobuf reader
+/// rejects. Reading also accepts the array that Palisade wrote before, so
+/// older flow files still load.
+pub mod any_extension {
+    use super::{EXPLANATION_TYPE, PolicyExplanation};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[PolicyExplanation], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            many => PolicyExplanation {
+                type_url: EXPLANATION_TYPE.into(),
+                rules: many.iter().flat_map(|e| e.rules.iter().cloned()).collect(),
+                explanation: many
+                    .iter()
+                    .map(|e| e.explanation.as_str())
+                    .filter(|t| !t.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+            .serialize(s),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PolicyExplanation),
+        Many(Vec<PolicyExplanation>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<PolicyExplanation>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(e) => vec![e],
+            OneOrMany::Many(v) => v,
+        })
+    }
+}
+
 /// Hubble's `Flow` (the subset Palisade fills).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
@@ -377,7 +422,9 @@ pub struct Flow {
     pub ingress_denied_by: Vec<Policy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_log: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Hubble's `extensions` is one `google.protobuf.Any`, so this is
+    /// written as one JSON object (see [`any_extension`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "any_extension")]
     pub extensions: Vec<PolicyExplanation>,
     #[serde(rename = "Summary", default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
@@ -507,5 +554,45 @@ mod tests {
         assert!(v.get("uuid").is_none());
         let back: Flow = serde_json::from_value(v).expect("decode");
         assert_eq!(back, f);
+    }
+
+    #[test]
+    fn extensions_is_one_any_object() {
+        let e = |rule: &str, text: &str| PolicyExplanation {
+            type_url: EXPLANATION_TYPE.into(),
+            rules: vec![rule.into()],
+            explanation: text.into(),
+        };
+        let mut f = Flow {
+            extensions: vec![e(
+                "CiliumNetworkPolicy default/p spec.ingress[0]",
+                "allowed",
+            )],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&f).expect("json");
+        assert_eq!(v["extensions"]["@type"], EXPLANATION_TYPE);
+        assert_eq!(
+            v["extensions"]["rules"][0],
+            "CiliumNetworkPolicy default/p spec.ingress[0]"
+        );
+        let back: Flow = serde_json::from_value(v).expect("decode");
+        assert_eq!(back, f);
+        // Files written before (an array) still load.
+        let old = serde_json::json!({"extensions": [{"@type": EXPLANATION_TYPE, "rules": ["r"]}]});
+        let back: Flow = serde_json::from_value(old).expect("decode an array");
+        assert_eq!(back.extensions[0].rules, vec!["r".to_string()]);
+        // Several are merged into the one Any.
+        f.extensions
+            .push(e("CiliumNetworkPolicy default/q spec.egress[1]", "also"));
+        let v = serde_json::to_value(&f).expect("json");
+        assert_eq!(v["extensions"]["rules"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["extensions"]["explanation"], "allowed; also");
+        assert!(
+            serde_json::to_value(Flow::default())
+                .expect("json")
+                .get("extensions")
+                .is_none()
+        );
     }
 }

@@ -3,7 +3,11 @@
 //! namespace, pin root and state directory, so a running agent is never
 //! disturbed), applies the seed's L3/L4 policies one at a time, and before
 //! and after each one makes real TCP, UDP and ICMP connections, comparing
-//! the wire with `policy trace`.
+//! the wire with `policy trace`; then the seed's HTTP rules through the L7
+//! proxy, a DNS-aware policy through the DNS proxy, and audit mode on its
+//! own default-deny. `--flows-out` and `--manifests-out` keep what the
+//! agent recorded and the cluster and policies behind it, for offline
+//! replay (`observe`, `servicemap`, `policy impact`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,7 +21,10 @@ use palisade_agent::config::PodCidr;
 use palisade_agent::traffic::{self, Outcome, Servers};
 use palisade_agent::{Agent, AgentConfig};
 use palisade_datapath::netns::{self, PodSpec};
+use palisade_flow::flow::{Flow, Verdict};
+use palisade_flow::printer::{Format, render};
 use palisade_policy::api::Protocol;
+use palisade_policy::cluster::ClusterState;
 use palisade_policy::trace::{PeerSpec, Query, TraceResult, trace};
 
 use super::live;
@@ -28,7 +35,7 @@ use super::live;
 network namespace pal-lab-<pid>, pods default/{frontend,backend,database} and prod/{frontend,backend}, \
 a \"world\" namespace with 203.0.113.10, 20.1.1.1, 10.1.2.3 and 10.96.0.10, and the pin root \
 /sys/fs/bpf/palisade-lab-<pid>. Exit status 1 if the wire ever disagrees with `policy trace`.\n\n\
-Examples:\n  sudo palisade lab\n  make lab"
+Examples:\n  sudo palisade lab\n  make lab\n  sudo palisade lab --flows-out lab-flows.json --manifests-out lab/\n  palisade policy impact -f lab/cluster.yaml -f lab/policies/backend-ccnp.yaml --flows lab-flows.json"
 )]
 pub struct LabArgs {
     /// Also print the live kernel policy map of default/backend after each step.
@@ -37,6 +44,17 @@ pub struct LabArgs {
     /// Probe timeout in milliseconds (a dropped connection is one that gets no answer in time).
     #[arg(long, default_value_t = 350)]
     pub timeout_ms: u64,
+    /// At the end, write every flow the lab's agent recorded to FILE, one
+    /// Hubble `GetFlowsResponse` per line (what `palisade observe -o jsonpb`
+    /// prints), for `observe --input-file`, `servicemap` and `policy impact`.
+    #[arg(long, value_name = "FILE")]
+    pub flows_out: Option<PathBuf>,
+    /// At the end, write the lab's cluster (namespaces, node, pods with
+    /// their addresses) to DIR/cluster.yaml and every policy it applied to
+    /// DIR/policies/, so the recorded flows can be replayed offline
+    /// (`palisade policy impact -f DIR/cluster.yaml -f DIR/policies/X.yaml`).
+    #[arg(long, value_name = "DIR")]
+    pub manifests_out: Option<PathBuf>,
 }
 
 const NODE: &str = "lab-node";
@@ -801,6 +819,12 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         total += t;
         mismatches += m;
     }
+    if !interrupted && !live::stopping() {
+        let (t, m) = audit_section(&agent, &world, timeout)?;
+        total += t;
+        mismatches += m;
+    }
+    write_outputs(&a, &agent)?;
     guard.agent = Some(agent);
     drop(guard);
     if interrupted || live::stopping() {
@@ -1359,4 +1383,294 @@ addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
         .delete_text("frontend-fqdn.yaml", DNS_POLICY)
         .map_err(|e| anyhow::anyhow!("deleting frontend-fqdn.yaml: {e}"))?;
     Ok((total, mismatches))
+}
+
+const AUDIT_FILE: &str = "default-deny-audit.yaml";
+
+/// A manifest with the audit annotation added to its metadata.
+fn audited(manifest: &str) -> String {
+    manifest.replacen(
+        "metadata:\n",
+        &format!(
+            "metadata:\n  annotations:\n    {}: \"true\"\n",
+            palisade_policy::audit::AUDIT_KEY
+        ),
+        1,
+    )
+}
+
+/// The lab's default-deny step.
+fn default_deny_step() -> anyhow::Result<Step> {
+    steps()
+        .into_iter()
+        .find(|s| s.file == "default-deny.yaml")
+        .context("the lab has no default-deny step")
+}
+
+/// The agent's L3/L4 flows of a probe's connection (not replies) recorded
+/// from `seq` on: one per policy checked (the source's egress, the
+/// destination's ingress).
+fn probe_flows(agent: &Agent, w: &World, pr: &Probe, seq: u64) -> Vec<Flow> {
+    let (src, dst) = (w.ip(pr.from).to_string(), w.ip(pr.to).to_string());
+    agent
+        .flows()
+        .page(Some(seq), None)
+        .flows
+        .into_iter()
+        .filter_map(|r| r.flow)
+        .filter(|f| {
+            let ip = f.ip.clone().unwrap_or_default();
+            let (_, _, dport) = f.l4.as_ref().map_or(("", 0, 0), |l| l.summary());
+            f.is_reply != Some(true)
+                && f.l7.is_none()
+                && ip.source == src
+                && ip.destination == dst
+                && dport == u32::from(pr.proto.port())
+        })
+        .collect()
+}
+
+/// Audit mode on the lab's own default-deny: the same manifest with the
+/// annotation `palisade.io/audit: "true"`. The datapath delivers what the
+/// policy would deny and the agent reports it as an AUDIT flow naming the
+/// policy; what the policy does not select stays FORWARDED. Expected
+/// values come from `policy trace` on the enforced view (what is
+/// delivered) and on the enforced view plus the policy (what it would
+/// deny).
+fn audit_section(agent: &Agent, w: &World, timeout: Duration) -> anyhow::Result<(usize, usize)> {
+    use palisade_policy::manifest::{Options, parse_file};
+    let step = default_deny_step()?;
+    println!(
+        "\n== Audit mode: {} again, annotated {}: \"true\": what it would deny is delivered and reported as AUDIT",
+        step.file,
+        palisade_policy::audit::AUDIT_KEY
+    );
+    let manifest = audited(step.manifest);
+    let objects: Vec<_> = parse_file(step.file, step.manifest, &Options::default())
+        .into_iter()
+        .filter_map(|d| d.object)
+        .collect();
+    agent
+        .apply_text(AUDIT_FILE, &manifest)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", e.diagnostics().join("; ")))?;
+    println!("   applied {AUDIT_FILE}");
+    let full = agent.with_engine(|e| {
+        let mut full = e.clone();
+        full.apply_all(objects);
+        full
+    });
+    let probes = [
+        p(FE, BE, Tcp(80)),
+        p(DB, BE, Tcp(3306)),
+        p(BE, DB, Tcp(3306)),
+        p(PFE, PBE, Tcp(80)),
+    ];
+    let seq = agent.flows().page(None, Some(0)).next;
+    let outcomes = run_probes(w, &probes, timeout);
+    let mut rows = Vec::new();
+    let mut mismatches = 0;
+    for (pr, wire) in probes.iter().zip(outcomes) {
+        let q = |engine: &palisade_policy::engine::Engine| {
+            trace(
+                engine,
+                &Query {
+                    from: w.spec(pr.from),
+                    to: w.spec(pr.to),
+                    protocol: Protocol::TCP,
+                    port: pr.proto.port(),
+                    l7: None,
+                },
+            )
+        };
+        let enforced = agent.with_engine(q).map_err(anyhow::Error::msg)?;
+        let policy = q(&full).map_err(anyhow::Error::msg)?;
+        let want = if !policy.allowed {
+            Verdict::Audit
+        } else {
+            Verdict::Forwarded
+        };
+        // The connection's AUDIT flow if there is one, else its FORWARDED one.
+        let mut flow = None;
+        let _ = traffic::wait_until(Duration::from_secs(2), || {
+            let flows = probe_flows(agent, w, pr, seq);
+            flow = [Verdict::Audit, Verdict::Forwarded]
+                .iter()
+                .find_map(|v| flows.iter().find(|f| f.verdict == *v))
+                .or(flows.last())
+                .cloned();
+            flow.as_ref().is_some_and(|f| f.verdict == want)
+        });
+        let got = flow.as_ref().map_or("no flow", |f| f.verdict.as_str());
+        let named: Vec<String> = flow
+            .as_ref()
+            .map(|f| {
+                f.ingress_denied_by
+                    .iter()
+                    .chain(&f.egress_denied_by)
+                    .map(|p| format!("{} {}/{}", p.kind, p.namespace, p.name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ok = wire.delivered() == enforced.allowed
+            && flow.as_ref().is_some_and(|f| f.verdict == want)
+            && (want != Verdict::Audit || !named.is_empty());
+        if !ok {
+            mismatches += 1;
+        }
+        rows.push(vec![
+            w.name(pr.from),
+            w.name(pr.to),
+            pr.proto.text(),
+            if policy.allowed {
+                "allowed".into()
+            } else {
+                format!("DENIED ({})", trace_rule(&policy))
+            },
+            format!(
+                "{}{}",
+                mark(wire.delivered()),
+                if ok { "" } else { "  <<< MISMATCH" }
+            ),
+            if named.is_empty() {
+                got.to_string()
+            } else {
+                format!("{got} (denied by {})", named.join(", "))
+            },
+        ]);
+    }
+    live::print_table(
+        &[
+            "FROM",
+            "TO",
+            "PORT",
+            "THE POLICY SAYS (trace)",
+            "ON THE WIRE",
+            "AGENT'S FLOW",
+        ],
+        &rows,
+    );
+    agent
+        .delete_text(AUDIT_FILE, &manifest)
+        .map_err(|e| anyhow::anyhow!("deleting {AUDIT_FILE}: {e}"))?;
+    Ok((probes.len(), mismatches))
+}
+
+/// Every policy the lab applies, under a file name of its own.
+fn lab_policies() -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = steps()
+        .into_iter()
+        .map(|s| (s.file.to_string(), s.manifest.to_string()))
+        .collect();
+    out.push(("example-policy-l7.yaml".into(), EXAMPLE_POLICY_L7.into()));
+    out.push(("layer7-example.yaml".into(), LAYER7_EXAMPLE.into()));
+    out.push(("frontend-fqdn.yaml".into(), DNS_POLICY.into()));
+    out.push((AUDIT_FILE.into(), audited(default_deny_step()?.manifest)));
+    Ok(out)
+}
+
+/// The cluster the lab's agent knows (namespaces, nodes, pods), as
+/// Kubernetes manifests: JSON documents, which YAML reads as they are.
+fn cluster_manifests(state: &ClusterState) -> String {
+    use serde_json::json;
+    let mut docs = Vec::new();
+    for n in state.namespaces.values() {
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": n.name, "labels": n.labels},
+        }));
+    }
+    for n in state.nodes.values() {
+        let addresses: Vec<_> = n
+            .addresses
+            .iter()
+            .map(|a| json!({"type": "InternalIP", "address": a.to_string()}))
+            .collect();
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n.name, "labels": n.labels},
+            "status": {"addresses": addresses},
+        }));
+    }
+    for p in state.pods.values() {
+        let ports: Vec<_> = p
+            .ports
+            .iter()
+            .map(|c| {
+                let mut v = json!({"containerPort": c.port, "protocol": c.protocol.to_string()});
+                if let Some(name) = &c.name {
+                    v["name"] = name.clone().into();
+                }
+                v
+            })
+            .collect();
+        let mut spec = json!({
+            "serviceAccountName": p.service_account,
+            "containers": [{"name": "main", "image": "palisade-lab", "ports": ports}],
+        });
+        if let Some(node) = &p.node_name {
+            spec["nodeName"] = node.clone().into();
+        }
+        let ips: Vec<_> = p
+            .ips
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect();
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+            "spec": spec,
+            "status": {"podIPs": ips},
+        }));
+    }
+    docs.iter()
+        .map(|d| {
+            format!(
+                "---\n{}\n",
+                serde_json::to_string_pretty(d).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// `--flows-out` and `--manifests-out`.
+fn write_outputs(a: &LabArgs, agent: &Agent) -> anyhow::Result<()> {
+    if let Some(path) = &a.flows_out {
+        // Everything since the agent started (a lost_events record first
+        // if the ring overwrote some), as `observe -o jsonpb` prints it.
+        let page = agent.flows().page(Some(0), None);
+        let mut text = String::new();
+        for r in &page.flows {
+            text.push_str(&render(r, Format::Jsonpb));
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+        println!(
+            "\nWrote the {} flows the lab's agent recorded to {} (Hubble jsonpb lines).",
+            page.flows.len(),
+            path.display()
+        );
+    }
+    if let Some(dir) = &a.manifests_out {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies)
+            .with_context(|| format!("{}: cannot create", policies.display()))?;
+        let cluster = agent.with_engine(|e| cluster_manifests(e.state()));
+        std::fs::write(dir.join("cluster.yaml"), cluster)
+            .with_context(|| format!("{}: cannot write", dir.display()))?;
+        let files = lab_policies()?;
+        for (name, text) in &files {
+            std::fs::write(policies.join(name), text)
+                .with_context(|| format!("{}: cannot write", policies.display()))?;
+        }
+        println!(
+            "Wrote the lab's cluster to {} and its {} policies to {}.",
+            dir.join("cluster.yaml").display(),
+            files.len(),
+            policies.display()
+        );
+    }
+    Ok(())
 }
