@@ -1599,7 +1599,7 @@ fn decode_l7(ctx: &mut Ctx, r: &Node, rp: &str) -> Option<L7Rules> {
     }
     if let Some(h) = o.get_some("http") {
         let rules = ctx.list(h, &o.field("http"), decode_http_rule)?;
-        return Some(L7Rules::Http(rules));
+        return Some(L7Rules::Http(rules.into()));
     }
     if let Some(k) = o.get_some("kafka") {
         let rules = ctx.list(k, &o.field("kafka"), decode_kafka_rule)?;

@@ -394,22 +394,24 @@ pub fn l7_verdict(
         return None;
     }
     let contributions = map.l7_contributions(remote, dir, proto, port);
-    let mut allowed_by = Vec::new();
-    let mut considered = Vec::new();
+    let mut allowed_by: Vec<&RuleRef> = Vec::new();
+    let mut considered: Vec<&RuleRef> = Vec::new();
     for c in &contributions {
         let ok = match &c.l7 {
             L7Part::AllowAll => true,
             L7Part::Rules(rules) => l7_rules_match(rules, req),
         };
-        considered.push(c.rule.clone());
+        considered.push(&c.rule);
         if ok {
-            allowed_by.push(c.rule.clone());
+            allowed_by.push(&c.rule);
         }
     }
-    allowed_by.sort();
-    allowed_by.dedup();
-    considered.sort();
-    considered.dedup();
+    // Only the list the verdict names is cloned.
+    let named = |mut refs: Vec<&RuleRef>| -> Vec<RuleRef> {
+        refs.sort();
+        refs.dedup();
+        refs.into_iter().cloned().collect()
+    };
     let what = match req {
         L7Request::Http(h) => format!("{} {}", h.method, h.path),
         L7Request::Kafka(k) => format!(
@@ -422,6 +424,7 @@ pub fn l7_verdict(
         L7Request::Dns { query } => format!("DNS query {query}"),
     };
     Some(if allowed_by.is_empty() {
+        let considered = named(considered);
         L7Verdict {
             allowed: false,
             explanation: format!(
@@ -436,6 +439,7 @@ pub fn l7_verdict(
             rules: considered,
         }
     } else {
+        let allowed_by = named(allowed_by);
         L7Verdict {
             allowed: true,
             explanation: format!(
@@ -451,10 +455,12 @@ pub fn l7_verdict(
     })
 }
 
-/// Whether any rule of a list admits the request.
+/// Whether any rule of a list admits the request. HTTP lists are matched
+/// with their compiled index (`HttpRules::any_match`, equal to a scan of
+/// `HttpRule::matches` over the list).
 pub fn l7_rules_match(rules: &L7Rules, req: &L7Request) -> bool {
     match (rules, req) {
-        (L7Rules::Http(rs), L7Request::Http(h)) => rs.is_empty() || rs.iter().any(|r| r.matches(h)),
+        (L7Rules::Http(rs), L7Request::Http(h)) => rs.is_empty() || rs.any_match(h),
         (L7Rules::Kafka(rs), L7Request::Kafka(k)) => {
             rs.is_empty() || rs.iter().any(|r| r.matches(k))
         }

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use palisade_policy::l7::HttpRequest;
+use palisade_policy::l7::{HttpRequest, L7Request};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,8 +111,12 @@ impl HttpConn {
         let _inflight = InflightGuard::new(&self.shared, &self.inflight);
         let snap = self.shared.policy.load_full();
         let plan = self.plan_for(&snap);
-        let hreq = http_request(&req);
-        let verdict = snap.http_verdict(&plan, &hreq);
+        let l7req = L7Request::Http(http_request(&req));
+        let mut verdict = snap.http_verdict(&plan, &l7req);
+        let hreq = match l7req {
+            L7Request::Http(h) => h,
+            _ => HttpRequest::default(),
+        };
         let protocol = if req.version() == Version::HTTP_2 {
             "HTTP/2"
         } else {
@@ -136,7 +140,7 @@ impl HttpConn {
                 plan.destination.endpoint.clone(),
             ),
             direction: verdict.direction,
-            endpoint: verdict.endpoint.clone(),
+            endpoint: verdict.endpoint.take(),
             method: hreq.method,
             url,
             protocol: protocol.into(),
@@ -144,7 +148,7 @@ impl HttpConn {
             grpc_status: None,
             latency_ns: 0,
             verdict: L7Verdict::Dropped,
-            rules: verdict.rules.clone(),
+            rules: std::mem::take(&mut verdict.rules),
             policy_revision: snap.revision(),
         };
         drop(snap);

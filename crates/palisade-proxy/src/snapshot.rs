@@ -110,12 +110,21 @@ pub struct RequestVerdict {
 
 impl PolicySnapshot {
     /// Wraps an engine (normally built by [`crate::feed::PolicyFeed::build`]).
+    /// Every HTTP rule list's matcher is compiled here, once per snapshot,
+    /// so that no request pays for it.
     pub fn new(engine: Engine, revision: u64) -> Self {
         let mut endpoints_by_ip = HashMap::new();
-        for (key, _, _) in engine.endpoints() {
+        for (key, _, map) in engine.endpoints() {
             if let Some(pod) = engine.state().pod(key) {
                 for ip in &pod.ips {
                     endpoints_by_ip.insert(*ip, key.clone());
+                }
+            }
+            for c in map.contributions.values().flatten() {
+                if let L7Part::Rules(rules) = &c.l7
+                    && let L7Rules::Http(rs) = rules.as_ref()
+                {
+                    rs.prepare();
                 }
             }
         }
@@ -234,11 +243,12 @@ impl PolicySnapshot {
         }
     }
 
-    /// Decides one HTTP request on a connection planned with this
-    /// snapshot: every redirecting direction must admit it (each with
-    /// `trace::l7_verdict`), exactly as `palisade policy trace` combines
-    /// directions.
-    pub fn http_verdict(&self, plan: &ConnPlan, req: &HttpRequest) -> RequestVerdict {
+    /// Decides one HTTP request (`L7Request::Http`, as `l7_verdict` takes
+    /// it, so that it is not copied per request) on a connection planned
+    /// with this snapshot: every redirecting direction must admit it (each
+    /// with `trace::l7_verdict`), exactly as `palisade policy trace`
+    /// combines directions. Any other kind of request is denied.
+    pub fn http_verdict(&self, plan: &ConnPlan, l7req: &L7Request) -> RequestVerdict {
         let port = plan.destination.addr.port();
         let mut out = RequestVerdict {
             allowed: true,
@@ -276,7 +286,12 @@ impl PolicySnapshot {
             }
             ConnVerdict::Forward | ConnVerdict::Http => {}
         }
-        let l7req = L7Request::Http(req.clone());
+        let L7Request::Http(req) = l7req else {
+            out.allowed = false;
+            out.upgrade_allowed = false;
+            out.explanation = "not an HTTP request".to_string();
+            return out;
+        };
         let upgrade_requested = req.method.eq_ignore_ascii_case("CONNECT")
             || req
                 .headers
@@ -297,7 +312,7 @@ impl PolicySnapshot {
                 TCP,
                 port,
                 L7Kind::Http,
-                &l7req,
+                l7req,
             ) else {
                 continue;
             };
@@ -334,13 +349,10 @@ impl PolicySnapshot {
                     upgrade = true;
                     continue;
                 }
-                let rewrites = rs
-                    .iter()
-                    .any(|r| r.header_matches.iter().any(|h| h.mismatch.is_some()));
-                if !rewrites && !upgrade_requested {
+                if !rs.has_mismatch_actions() && !upgrade_requested {
                     continue;
                 }
-                for r in rs.iter().filter(|r| r.matches(req)) {
+                for r in rs.matching(req) {
                     upgrade |= names_upgrade(r);
                     collect_rewrites(r, req, &mut out.rewrites);
                 }
