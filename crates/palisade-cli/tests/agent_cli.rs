@@ -328,28 +328,7 @@ fn agent_pods_policy_invalid_updates_and_sigkill() {
     assert_eq!(env.cli(&["status"]).status.code(), Some(1));
 }
 
-const L7_POLICY: &str = r#"apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: l7-policy
-  namespace: default
-spec:
-  endpointSelector:
-    matchLabels:
-      app: myapp
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            app: frontend
-      toPorts:
-        - ports:
-            - port: "80"
-              protocol: TCP
-          rules:
-            http:
-              - method: "GET"
-                path: "/public"
-"#;
+const L7_POLICY: &str = include_str!("data/example-policy-l7.yaml");
 
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -425,7 +404,7 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     assert!(
         wait_until(Duration::from_secs(5), || {
             let f = flows();
-            f.contains("/private") && f.contains("FORWARDED") && f.contains("l7-policy")
+            f.contains("/private") && f.contains("FORWARDED") && f.contains("example-policy")
         }),
         "{}",
         flows()

@@ -12,29 +12,7 @@ use palisade_agent::Agent;
 use palisade_agent::traffic::{HttpServer, http_request, wait_until};
 use palisade_flow::flow::{FlowType, Verdict};
 
-const EXAMPLE_POLICY: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: example-policy
-  namespace: default
-spec:
-  endpointSelector:
-    matchLabels:
-      app: myapp
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            app: frontend
-      toPorts:
-        - ports:
-            - port: "80"
-              protocol: TCP
-          rules:
-            http:
-              - method: "GET"
-                path: "/public"
-"#;
+const EXAMPLE_POLICY: &str = include_str!("data/example-policy-l7.yaml");
 
 #[test]
 fn http_rules_enforced_by_the_agents_proxy() {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::{BufRead, ErrorKind, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ pub fn listen(path: &Path, capacity: usize) -> std::io::Result<RecordSink> {
     Ok(sink)
 }
 
-fn serve(listener: UnixListener, path: &PathBuf, q: &(Mutex<Queue>, Condvar)) {
+fn serve(listener: UnixListener, path: &Path, q: &(Mutex<Queue>, Condvar)) {
     let (m, cv) = q;
     let mut conn: Option<std::io::BufWriter<UnixStream>> = None;
     loop {
