@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_datapath::{DatapathEvent, Direction as DpDirection, Verdict as DpVerdict};
-use palisade_flow::flow::{Flow, FlowType, FlowsResponse, Verdict};
+use palisade_flow::flow::{Flow, FlowType, FlowsResponse, TrafficDirection, Verdict};
 use palisade_flow::metrics::{DropLabels, FlowLabels, Metrics, SourceLabels};
 use palisade_flow::record::{Attribution, Peer, VerdictEvent};
 use palisade_flow::ring::FlowRing;
@@ -32,10 +32,26 @@ pub const DEFAULT_FLOW_RING_CAPACITY: usize = 65_536;
 /// Default address of the web endpoints (loopback only).
 pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:9962";
 
+/// Adds one to a counter of one label set.
+type Inc = Box<dyn Fn() + Send + Sync>;
+
+/// The ring and the counters of the label sets seen so far: counting a
+/// flow then neither allocates label strings nor hashes them (the event
+/// reader pushes a flow per datapath event, at 100,000 events/s and more).
+struct Inner {
+    ring: FlowRing,
+    /// `flows_processed` by (verdict, type).
+    flows: Vec<(Verdict, FlowType, Inc)>,
+    /// `drop_count` by (reason, direction).
+    drops: Vec<(String, TrafficDirection, Inc)>,
+    /// `lost_events{source="HUBBLE_RING_BUFFER"}`.
+    overwritten: Inc,
+}
+
 /// The ring of recent flows and the metrics, shared by the event reader,
 /// the API and the web server.
 pub struct FlowHub {
-    ring: Mutex<FlowRing>,
+    ring: Mutex<Inner>,
     metrics: Metrics,
     title: String,
     /// The kernel's lost-events total last accounted for.
@@ -63,9 +79,23 @@ pub struct FlowsPage {
 impl FlowHub {
     /// A hub with a ring of `capacity` flows.
     pub fn new(capacity: usize, node_name: &str) -> Self {
+        let metrics = Metrics::new();
+        let overwritten = metrics
+            .lost_events
+            .get_or_create(&SourceLabels {
+                source: "HUBBLE_RING_BUFFER".into(),
+            })
+            .clone();
         FlowHub {
-            ring: Mutex::new(FlowRing::new(capacity)),
-            metrics: Metrics::new(),
+            ring: Mutex::new(Inner {
+                ring: FlowRing::new(capacity),
+                flows: Vec::new(),
+                drops: Vec::new(),
+                overwritten: Box::new(move || {
+                    overwritten.inc();
+                }),
+            }),
+            metrics,
             title: format!("Palisade service map: node {node_name}"),
             kernel_lost_seen: Mutex::new(0),
         }
@@ -92,8 +122,8 @@ impl FlowHub {
                 source: "PERF_EVENT_RING_BUFFER".into(),
             })
             .inc_by(delta);
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.push(FlowsResponse {
+        let mut inner = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        inner.ring.push(FlowsResponse {
             lost_events: Some(palisade_flow::flow::LostEvent {
                 source: "PERF_EVENT_RING_BUFFER".into(),
                 num_events_lost: delta.to_string(),
@@ -110,26 +140,66 @@ impl FlowHub {
 
     /// Counts and keeps one flow.
     pub fn push(&self, flow: Flow) {
-        let ty = match flow.flow_type {
-            FlowType::L7 => "L7",
-            FlowType::L3L4 => "L3_L4",
-            _ => "UNKNOWN",
-        };
-        self.metrics
+        let mut inner = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *inner;
+        let (verdict, flow_type) = (flow.verdict, flow.flow_type);
+        match inner
             .flows
-            .get_or_create(&FlowLabels {
-                verdict: flow.verdict.as_str().into(),
-                r#type: ty.into(),
-            })
-            .inc();
-        if flow.verdict == Verdict::Dropped {
-            self.metrics
+            .iter()
+            .find(|(v, t, _)| *v == verdict && *t == flow_type)
+        {
+            Some((.., inc)) => inc(),
+            None => {
+                let ty = match flow_type {
+                    FlowType::L7 => "L7",
+                    FlowType::L3L4 => "L3_L4",
+                    _ => "UNKNOWN",
+                };
+                let c = self
+                    .metrics
+                    .flows
+                    .get_or_create(&FlowLabels {
+                        verdict: verdict.as_str().into(),
+                        r#type: ty.into(),
+                    })
+                    .clone();
+                c.inc();
+                inner.flows.push((
+                    verdict,
+                    flow_type,
+                    Box::new(move || {
+                        c.inc();
+                    }),
+                ));
+            }
+        }
+        if verdict == Verdict::Dropped {
+            let dir = flow.traffic_direction;
+            match inner
                 .drops
-                .get_or_create(&DropLabels {
-                    reason: flow.drop_reason_desc.clone(),
-                    direction: format!("{:?}", flow.traffic_direction).to_ascii_uppercase(),
-                })
-                .inc();
+                .iter()
+                .find(|(r, d, _)| *d == dir && *r == flow.drop_reason_desc)
+            {
+                Some((.., inc)) => inc(),
+                None => {
+                    let c = self
+                        .metrics
+                        .drops
+                        .get_or_create(&DropLabels {
+                            reason: flow.drop_reason_desc.clone(),
+                            direction: format!("{dir:?}").to_ascii_uppercase(),
+                        })
+                        .clone();
+                    c.inc();
+                    inner.drops.push((
+                        flow.drop_reason_desc.clone(),
+                        dir,
+                        Box::new(move || {
+                            c.inc();
+                        }),
+                    ));
+                }
+            }
         }
         let resp = FlowsResponse {
             node_name: flow.node_name.clone(),
@@ -137,16 +207,10 @@ impl FlowHub {
             flow: Some(flow),
             ..Default::default()
         };
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let before = ring.overwritten();
-        ring.push(resp);
-        if ring.overwritten() > before {
-            self.metrics
-                .lost_events
-                .get_or_create(&SourceLabels {
-                    source: "HUBBLE_RING_BUFFER".into(),
-                })
-                .inc();
+        let before = inner.ring.overwritten();
+        inner.ring.push(resp);
+        if inner.ring.overwritten() > before {
+            (inner.overwritten)();
         }
     }
 
@@ -154,7 +218,8 @@ impl FlowHub {
     /// some were overwritten), or the last `last` flows when `since` is
     /// `None`.
     pub fn page(&self, since: Option<u64>, last: Option<usize>) -> FlowsPage {
-        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = &inner.ring;
         let (mut flows, next) = match since {
             Some(s) => ring.since(s),
             None => (ring.last(last.unwrap_or(usize::MAX)), ring.next_seq()),
@@ -173,8 +238,8 @@ impl FlowHub {
 
 impl FlowSource for FlowHub {
     fn flows(&self) -> Vec<FlowsResponse> {
-        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.last(usize::MAX)
+        let inner = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        inner.ring.last(usize::MAX)
     }
 
     fn metrics(&self) -> String {
@@ -731,5 +796,49 @@ mod kernel_lost_tests {
             text.contains("palisade_lost_events_total{source=\"PERF_EVENT_RING_BUFFER\"} 7"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod push_tests {
+    use super::*;
+
+    fn flow(verdict: Verdict, ty: FlowType, dir: TrafficDirection, reason: &str) -> Flow {
+        Flow {
+            verdict,
+            flow_type: ty,
+            traffic_direction: dir,
+            drop_reason_desc: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_label_set_is_counted_and_overwrites_are_lost_events() {
+        let hub = FlowHub::new(2, "node-1");
+        let (i, e) = (TrafficDirection::Ingress, TrafficDirection::Egress);
+        for _ in 0..3 {
+            hub.push(flow(Verdict::Dropped, FlowType::L3L4, e, "POLICY_DENY"));
+        }
+        hub.push(flow(Verdict::Dropped, FlowType::L3L4, i, "POLICY_DENY"));
+        hub.push(flow(Verdict::Dropped, FlowType::L3L4, e, "POLICY_DENIED"));
+        hub.push(flow(Verdict::Forwarded, FlowType::L3L4, i, ""));
+        hub.push(flow(Verdict::Dropped, FlowType::L7, i, "POLICY_DENIED"));
+        let text = hub.metrics().encode();
+        for line in [
+            "palisade_flows_processed_total{verdict=\"DROPPED\",type=\"L3_L4\"} 5",
+            "palisade_flows_processed_total{verdict=\"FORWARDED\",type=\"L3_L4\"} 1",
+            "palisade_flows_processed_total{verdict=\"DROPPED\",type=\"L7\"} 1",
+            "palisade_drop_count_total{reason=\"POLICY_DENY\",direction=\"EGRESS\"} 3",
+            "palisade_drop_count_total{reason=\"POLICY_DENY\",direction=\"INGRESS\"} 1",
+            "palisade_drop_count_total{reason=\"POLICY_DENIED\",direction=\"EGRESS\"} 1",
+            "palisade_drop_count_total{reason=\"POLICY_DENIED\",direction=\"INGRESS\"} 1",
+            "palisade_lost_events_total{source=\"HUBBLE_RING_BUFFER\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("FORWARDED\",direction"), "{text}");
+        let page = hub.page(Some(0), None);
+        assert_eq!((page.next, page.overwritten), (7, 5));
     }
 }
