@@ -932,18 +932,24 @@ impl Shared {
                 hub.metrics()
                     .proxy_latency_seconds
                     .observe(r.latency_ns as f64 / 1e9);
-                hub.push(crate::flows::flow_of_l7(&r, &self.config.node_name));
+                self.push_l7_flow(crate::flows::flow_of_l7(&r, &self.config.node_name));
             }
             palisade_proxy::relay::RelayLine::Lost(n) => {
                 tracing::warn!(lost = n, "L7 records the proxy could not deliver");
-                hub.metrics()
-                    .lost_events
-                    .get_or_create(&palisade_flow::metrics::SourceLabels {
-                        source: "OBSERVER_EVENTS_QUEUE".into(),
-                    })
-                    .inc_by(n);
+                hub.lost("OBSERVER_EVENTS_QUEUE", n);
             }
         }
+    }
+
+    /// An L7 flow from a proxy, completed like the datapath's flows
+    /// (endpoint ids, identity labels), into the ring.
+    fn push_l7_flow(&self, mut f: palisade_flow::flow::Flow) {
+        self.attribution
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .book
+            .complete_l7(&mut f);
+        self.flows.push(f);
     }
 
     /// Starts the proxy process again whenever it dies.
@@ -1777,7 +1783,11 @@ impl Shared {
                 })
                 .inc();
         };
-        let (hub, node) = (self.flows.clone(), self.config.node_name.clone());
+        let (hub, node, me) = (
+            self.flows.clone(),
+            self.config.node_name.clone(),
+            Arc::downgrade(self),
+        );
         let dns = palisade_proxy::dns::DnsProxy::spawn(palisade_proxy::dns::DnsProxyOptions {
             config: palisade_proxy::dns::DnsConfig {
                 max_delay: Duration::from_millis(500),
@@ -1791,11 +1801,17 @@ impl Shared {
             }),
             sink: palisade_proxy::dns::Sink::callback(move |r: palisade_proxy::dns::DnsRecord| {
                 metric(&hub, "dns", r.verdict);
-                hub.push(crate::flows::flow_of_dns(&r, &node));
+                if let Some(me) = me.upgrade() {
+                    me.push_l7_flow(crate::flows::flow_of_dns(&r, &node));
+                }
             }),
         })
         .map_err(|e| AgentError::Conflict(format!("starting the DNS proxy: {e}")))?;
-        let (hub, node) = (self.flows.clone(), self.config.node_name.clone());
+        let (hub, node, me) = (
+            self.flows.clone(),
+            self.config.node_name.clone(),
+            Arc::downgrade(self),
+        );
         let kafka =
             palisade_proxy::kafka::KafkaProxy::spawn(palisade_proxy::kafka::KafkaProxyOptions {
                 config: Default::default(),
@@ -1805,7 +1821,9 @@ impl Shared {
                 sink: palisade_proxy::dns::Sink::callback(
                     move |r: palisade_proxy::kafka::KafkaRecord| {
                         metric(&hub, "kafka", r.verdict);
-                        hub.push(crate::flows::flow_of_kafka(&r, &node));
+                        if let Some(me) = me.upgrade() {
+                            me.push_l7_flow(crate::flows::flow_of_kafka(&r, &node));
+                        }
                     },
                 ),
             })

@@ -116,17 +116,27 @@ impl FlowHub {
         let delta = total - *seen;
         *seen = total;
         drop(seen);
+        self.lost("PERF_EVENT_RING_BUFFER", delta);
+    }
+
+    /// Accounts for `n` events lost at `source` (Hubble's `LostEventSource`
+    /// name): counted in `lost_events{source}` and reported in the flow
+    /// stream.
+    pub fn lost(&self, source: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.metrics
             .lost_events
             .get_or_create(&SourceLabels {
-                source: "PERF_EVENT_RING_BUFFER".into(),
+                source: source.into(),
             })
-            .inc_by(delta);
+            .inc_by(n);
         let mut inner = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         inner.ring.push(FlowsResponse {
             lost_events: Some(palisade_flow::flow::LostEvent {
-                source: "PERF_EVENT_RING_BUFFER".into(),
-                num_events_lost: delta.to_string(),
+                source: source.into(),
+                num_events_lost: n.to_string(),
                 cpu: None,
             }),
             ..Default::default()
@@ -270,6 +280,10 @@ pub(crate) struct PeerBook {
     /// ep_id -> the endpoint's map in the full view (audit mode only:
     /// present when some policy is audited).
     pub audit_maps: BTreeMap<u32, PolicyMap>,
+    /// The full view's ipcache (audit mode only): CIDR and FQDN identities
+    /// are node-local numbers each view allocates for itself, so an
+    /// address's identity in the full view is looked up, not assumed.
+    pub audit_ipcache: Option<palisade_policy::ipcache::IpCache>,
 }
 
 fn label_strings(engine: &Engine, id: u32) -> Vec<String> {
@@ -294,7 +308,10 @@ impl PeerBook {
         full: Option<&Engine>,
         pods: impl Iterator<Item = (String, Ipv4Addr, u32)>,
     ) -> Self {
-        let mut book = PeerBook::default();
+        let mut book = PeerBook {
+            audit_ipcache: full.map(|f| f.ipcache().clone()),
+            ..PeerBook::default()
+        };
         for i in engine.identities().iter() {
             book.identity_labels
                 .insert(i.id, label_strings(engine, i.id));
@@ -325,6 +342,45 @@ impl PeerBook {
         }
         for (key, ip, ep_id) in pods {
             self.set_pod(engine, full, &key, ip, ep_id);
+        }
+        self.audit_ipcache = full.map(|f| f.ipcache().clone());
+    }
+
+    /// The identity of the remote end of `ev` in the full (audit) view.
+    fn audit_remote_identity(&self, ev: &DatapathEvent) -> u32 {
+        use palisade_policy::identity as id;
+        let r = ev.remote_identity;
+        let ipcache_derived = r & id::LOCAL_FLAG != 0 || matches!(r, id::WORLD | id::WORLD_IPV4);
+        match &self.audit_ipcache {
+            Some(c) if ipcache_derived => {
+                let ip = if ev.direction == DpDirection::Ingress {
+                    ev.saddr
+                } else {
+                    ev.daddr
+                };
+                c.lookup(IpAddr::V4(ip)).0
+            }
+            _ => r,
+        }
+    }
+
+    /// Completes an L7 flow from a proxy with what the datapath's flows
+    /// carry: the endpoint ids of local pods and the identities' labels.
+    pub fn complete_l7(&self, f: &mut Flow) {
+        let ips =
+            f.ip.as_ref()
+                .map(|i| (i.source.clone(), i.destination.clone()));
+        let Some((src, dst)) = ips else { return };
+        for (ep, ip) in [(f.source.as_mut(), src), (f.destination.as_mut(), dst)] {
+            let Some(ep) = ep else { continue };
+            if let Ok(ip) = ip.parse::<Ipv4Addr>()
+                && let Some(p) = self.pods_by_ip.get(&ip)
+            {
+                ep.id = p.ep_id;
+            }
+            if let Some(l) = self.identity_labels.get(&ep.identity) {
+                ep.labels = l.clone();
+            }
         }
     }
 
@@ -466,7 +522,7 @@ impl PeerBook {
             && matches!(ev.ct_state, palisade_datapath::conntrack::CtState::New)
             && let Some(full) = self.audit_maps.get(&ev.ep_id)
         {
-            let d = full.lookup(ev.remote_identity, dir, ev.proto, ev.dport);
+            let d = full.lookup(self.audit_remote_identity(ev), dir, ev.proto, ev.dport);
             let full_denies =
                 !d.allowed && (d.drop_reason == 181 || full.enforcement(dir).default_deny);
             if full_denies {
@@ -555,6 +611,10 @@ pub fn flow_of_l7(r: &palisade_proxy::L7Record, node_name: &str) -> Flow {
     };
     let mut f = palisade_flow::record::flow_from_verdict(&ev);
     f.flow_type = FlowType::L7;
+    // An L7 flow is about a request, not a packet: no TCP flags.
+    if let Some(tcp) = f.l4.as_mut().and_then(|l| l.tcp.as_mut()) {
+        tcp.flags = None;
+    }
     if verdict == Verdict::Dropped {
         f.drop_reason_desc = "POLICY_DENIED".into();
     }
@@ -686,6 +746,10 @@ fn l7_base_flow(
     };
     let mut f = palisade_flow::record::flow_from_verdict(&ev);
     f.flow_type = FlowType::L7;
+    // An L7 flow is about a request, not a packet: no TCP flags.
+    if let Some(tcp) = f.l4.as_mut().and_then(|l| l.tcp.as_mut()) {
+        tcp.flags = None;
+    }
     if verdict == Verdict::Dropped {
         f.drop_reason_desc = "POLICY_DENIED".into();
     }
@@ -840,5 +904,102 @@ mod push_tests {
         assert!(!text.contains("FORWARDED\",direction"), "{text}");
         let page = hub.page(Some(0), None);
         assert_eq!((page.next, page.overwritten), (7, 5));
+    }
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+    use palisade_policy::manifest::{Object, Options, parse_file};
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: default, labels: {app: app}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: enforced-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  egress: [{toCIDR: [203.0.113.0/24]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: audited-egress
+  namespace: default
+  annotations: {palisade.io/audit: "true"}
+spec:
+  endpointSelector: {matchLabels: {app: app}}
+  egress: [{toCIDR: [198.51.100.0/24, 192.0.2.0/24]}]
+"#;
+
+    fn engines() -> (Engine, Engine) {
+        let objects: Vec<Object> = parse_file("c.yaml", CLUSTER, &Options::default())
+            .into_iter()
+            .map(|d| d.object.expect("valid"))
+            .collect();
+        let audited = palisade_policy::audit::audited_policies(&objects);
+        let build = |o: Vec<Object>| {
+            let mut e = Engine::new();
+            e.set_local_node(Some("node-1".into()));
+            e.apply_all(o);
+            e
+        };
+        let enforced = build(palisade_policy::audit::enforced_objects(&objects, &audited));
+        (enforced, build(objects))
+    }
+
+    fn egress_to(enforced: &Engine, daddr: Ipv4Addr) -> DatapathEvent {
+        DatapathEvent {
+            timestamp_ns: 0,
+            ep_id: 1,
+            ifindex: 9,
+            local_identity: enforced.endpoint_identity("default/app").expect("endpoint"),
+            remote_identity: enforced.identity_of_ip(IpAddr::V4(daddr), Some("node-1")),
+            saddr: Ipv4Addr::new(10, 0, 0, 5),
+            daddr,
+            sport: 40000,
+            dport: 443,
+            proto: 6,
+            direction: DpDirection::Egress,
+            verdict: DpVerdict::Forwarded,
+            drop_reason: 0,
+            cookie: 0,
+            match_type: palisade_datapath::MatchType::None,
+            tcp_flags: 0x02,
+            ct_state: palisade_datapath::conntrack::CtState::New,
+            proxy_port: 0,
+            pkt_len: 60,
+        }
+    }
+
+    /// CIDR identities are numbers each view allocates for itself: the
+    /// audit check looks the address up in the full view.
+    #[test]
+    fn audit_resolves_cidr_peers_in_the_full_view() {
+        let (enforced, full) = engines();
+        let book = PeerBook::build(
+            &enforced,
+            Some(&full),
+            [("default/app".to_string(), Ipv4Addr::new(10, 0, 0, 5), 1)].into_iter(),
+        );
+        let verdict = |ip| {
+            book.verdict_event(&egress_to(&enforced, ip), &BTreeMap::new(), "node-1", 0)
+                .verdict
+        };
+        // The audited policy allows these CIDRs: delivered, not an audit.
+        assert_eq!(verdict(Ipv4Addr::new(198, 51, 100, 7)), Verdict::Forwarded);
+        assert_eq!(verdict(Ipv4Addr::new(192, 0, 2, 9)), Verdict::Forwarded);
+        // Anything else is what the audited default deny would drop.
+        assert_eq!(verdict(Ipv4Addr::new(203, 0, 113, 1)), Verdict::Audit);
+        assert_eq!(verdict(Ipv4Addr::new(8, 8, 8, 8)), Verdict::Audit);
     }
 }

@@ -55,6 +55,14 @@ fn http_rules_enforced_by_the_agents_proxy() {
                             h.method == method && h.code == code && h.url.ends_with("/public")
                         })
                     && f.source.as_ref().is_some_and(|s| s.pod_name == "frontend")
+                    // completed like the datapath's flows: endpoint ids,
+                    // the same label set, no TCP flags
+                    && f.destination.as_ref().is_some_and(|d| {
+                        d.id != 0
+                            && d.labels.contains(&"k8s:app=myapp".to_string())
+                            && !d.labels.iter().any(|l| l.contains("namespace.labels"))
+                    })
+                    && f.l4.as_ref().and_then(|l| l.tcp.as_ref()).is_some_and(|t| t.flags.is_none())
                     && f.extensions
                         .iter()
                         .any(|e| e.rules.iter().any(|r| r.contains("example-policy")))
