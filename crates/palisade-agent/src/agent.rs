@@ -449,8 +449,20 @@ impl Agent {
             l7_extra: Mutex::new(L7Extra::default()),
             stop: AtomicBool::new(false),
         });
-        if let Some(pcfg) = shared.config.l7_proxy.clone() {
-            shared.start_l7_proxy(pcfg)?;
+        match shared.config.l7_proxy.clone() {
+            Some(pcfg) => shared.start_l7_proxy(pcfg)?,
+            None => {
+                let dir = shared.config.state_dir.join("l7-proxy");
+                let program = shared.config.proxy_program.clone().unwrap_or_default();
+                if let Some(pid) =
+                    crate::l7proc::stop_leftover(&dir, &program, &shared.config.node_netns)
+                {
+                    tracing::warn!(
+                        pid,
+                        "stopped the L7 proxy an earlier agent left running (this agent runs without --l7-proxy)"
+                    );
+                }
+            }
         }
         {
             let mut st = shared.lock();
@@ -1128,6 +1140,27 @@ impl Shared {
         self.reconcile_locked(st);
     }
 
+    /// The engine's warnings, plus L7 rules nobody enforces.
+    fn warnings(&self, st: &State) -> Vec<String> {
+        let mut w = st.engine.warnings();
+        if self.config.l7_proxy.is_none() {
+            let mut unenforced = BTreeSet::new();
+            for (_, _, map) in st.engine.endpoints() {
+                for e in map.entries.values() {
+                    if matches!(e.verdict, palisade_policy::mapstate::Verdict::Redirect(_)) {
+                        unenforced.extend(e.derived_from.iter().map(|r| r.policy.to_string()));
+                    }
+                }
+            }
+            for p in unenforced {
+                w.push(format!(
+                    "{p}: its L7 rules are not enforced (the agent runs without --l7-proxy): the ports they cover are allowed at L3/L4 without request filtering"
+                ));
+            }
+        }
+        w
+    }
+
     fn endpoint_errors(st: &State) -> Vec<String> {
         st.status
             .iter()
@@ -1157,7 +1190,7 @@ impl Shared {
         Ok(ApplyReport {
             objects: objects.iter().map(|o| o.key.clone()).collect(),
             not_found: vec![],
-            warnings: st.engine.warnings(),
+            warnings: self.warnings(&st),
             endpoint_errors: Self::endpoint_errors(&st),
         })
     }
@@ -1204,7 +1237,7 @@ impl Shared {
                 .filter(|k| !not_found.contains(k))
                 .collect(),
             not_found,
-            warnings: st.engine.warnings(),
+            warnings: self.warnings(&st),
             endpoint_errors: Self::endpoint_errors(&st),
         })
     }
@@ -1523,7 +1556,7 @@ impl Shared {
                 .map(|d| d.display().to_string()),
             manifests_generation: st.dir_generation,
             manifests_errors: st.dir_errors.clone(),
-            warnings: st.engine.warnings(),
+            warnings: self.warnings(&st),
             l7_proxy: self
                 .proxy
                 .lock()

@@ -281,6 +281,28 @@ impl L7Process {
     }
 }
 
+/// Stops a proxy an earlier agent left running on `dir` (an agent started
+/// without L7 proxies must not leave an old policy enforced by one).
+/// Returns its pid when there was one.
+pub fn stop_leftover(dir: &Path, program: &Path, node_netns: &str) -> Option<u32> {
+    let pid = read_status(dir)?.pid;
+    let p = L7Process {
+        dir: dir.to_path_buf(),
+        program: program.to_path_buf(),
+        node_netns: node_netns.to_string(),
+        config: ProxyConfig::default(),
+        child: None,
+        pid,
+        feed_revision: 0,
+        restarts: 0,
+    };
+    if !p.is_our_proxy(pid) {
+        return None;
+    }
+    p.stop();
+    Some(pid)
+}
+
 /// The proxy's status file, if it can be read.
 pub fn read_status(dir: &Path) -> Option<ProxyStatus> {
     let text = std::fs::read(L7Process::status_path(dir)).ok()?;

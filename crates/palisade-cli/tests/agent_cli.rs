@@ -422,4 +422,16 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
         "a new proxy process"
     );
     assert!(enforced("/private", "/public"), "the new proxy enforces");
+
+    // An agent started without --l7-proxy does not leave an old proxy
+    // enforcing an old policy, and says that the L7 rules are unenforced.
+    let second = env.proxy_status().expect("status").pid;
+    env.kill_agent();
+    env.start_agent();
+    assert!(!pid_alive(second), "the leftover proxy was stopped");
+    let status = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("example-policy: its L7 rules are not enforced"),
+        "{status}"
+    );
 }
