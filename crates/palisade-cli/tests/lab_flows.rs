@@ -364,14 +364,15 @@ fn service_map_of_the_lab_shows_every_pod_and_both_verdicts() {
     let dom = text(&dom.stdout);
 
     // The script ran over every flow.
-    let stats =
-        regex::Regex::new(r"(\d+) workloads, (\d+) connections, (\d+) of (\d+) flows shown")
-            .expect("regex");
+    let stats = regex::Regex::new(
+        r"(\d+) workloads, (\d+) connections on (\d+) edges, (\d+) of (\d+) flows shown",
+    )
+    .expect("regex");
     let c = stats
         .captures(&dom)
         .unwrap_or_else(|| panic!("the page's script did not run: {dom}"));
-    assert_eq!(c[3], c[4]);
-    assert_eq!(c[4].parse::<usize>().ok(), Some(lab.flow_lines));
+    assert_eq!(c[4], c[5]);
+    assert_eq!(c[5].parse::<usize>().ok(), Some(lab.flow_lines));
 
     // Every lab pod is a node: the map groups pods by their `app` label
     // (else the pod name) within a namespace.
@@ -407,64 +408,197 @@ fn service_map_of_the_lab_shows_every_pod_and_both_verdicts() {
         "the lab's world peer is not on the map: {nodes:?}"
     );
 
-    // Edges: each drawn with the class its counts give; forwarded-only
-    // edges and edges with drops are both there.
+    // Edges: one per (source, destination), one lane per verdict seen on
+    // it (AUDIT apart from FORWARDED), its label one line per port with the
+    // port's counts; forwarded-only edges, audited ones and edges with drops
+    // are all there.
     let edge = regex::Regex::new(
-        r#"<g class="edge ([a-z]+)"><line[^>]*>(?:</line>)?<text[^>]*>([^<]*) \((\d+)✓ (\d+)✗\)</text><title>([^<]*)</title></g>"#,
+        r#"(?s)<g class="edge ([a-z ]+)" data-source="([^"]*)" data-destination="([^"]*)" data-ports="([^"]*)"[^>]*><title>([^<]*)</title><path class="hit" d="([^"]+)"(.*?)</g>"#,
     )
     .expect("regex");
-    let edges: Vec<(String, String, u64, u64, String)> = edge
+    let lane = regex::Regex::new(r#"<path class="lane ([a-z]+)" d="([^"]+)" stroke="([^"]+)""#)
+        .expect("regex");
+    let label = regex::Regex::new(
+        r#"(?s)<g class="edge-label ([a-z ]+)" data-source="([^"]*)" data-destination="([^"]*)"><title>[^<]*</title><rect class="label-bg"([^>]*)>(?:</rect>)?<text[^>]*>(.*?)</text></g>"#,
+    )
+    .expect("regex");
+    let port = regex::Regex::new(
+        r#"(?s)<tspan class="port ([a-z ]+)" data-port="([^"]*)" data-forwarded="(\d+)" data-dropped="(\d+)" data-audit="(\d+)"[^>]*>(.*?)</tspan></tspan>"#,
+    )
+    .expect("regex");
+    let tag = regex::Regex::new("<[^>]*>").expect("regex");
+    let box_of = |attrs: &str| -> [f64; 4] {
+        let v = |k: &str| -> f64 {
+            regex::Regex::new(&format!(r#"\b{k}="(-?[0-9.]+)""#))
+                .expect("regex")
+                .captures(attrs)
+                .and_then(|c| c[1].parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {attrs}"))
+        };
+        [v("x"), v("y"), v("x") + v("width"), v("y") + v("height")]
+    };
+    let overlap =
+        |a: &[f64; 4], b: &[f64; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    let colour = |v: &str| match v {
+        "forwarded" => "#2e7d32",
+        "dropped" => "#c62828",
+        "audit" => "#ef6c00",
+        v => panic!("unknown verdict {v}"),
+    };
+    // (verdict classes, source, destination, ports, title, path, lanes)
+    type Drawn = (
+        Vec<String>,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Vec<(String, String)>,
+    );
+    let edges: Vec<Drawn> = edge
         .captures_iter(&dom)
         .map(|c| {
+            let lanes = lane
+                .captures_iter(&c[7])
+                .map(|l| {
+                    assert_eq!(&l[3], colour(&l[1]), "lane colour: {}", &c[5]);
+                    (l[1].to_string(), l[2].to_string())
+                })
+                .collect();
             (
-                c[1].to_string(),
+                c[1].split_whitespace().map(String::from).collect(),
                 c[2].to_string(),
-                c[3].parse().unwrap_or(0),
-                c[4].parse().unwrap_or(0),
+                c[3].to_string(),
+                c[4].to_string(),
                 c[5].to_string(),
+                c[6].to_string(),
+                lanes,
             )
         })
         .collect();
     assert_eq!(
         edges.len().to_string(),
-        c[2],
+        c[3],
         "edges drawn vs the stats line"
     );
-    for (class, port, ok, dropped, title) in &edges {
-        // ✓ counts forwarded and audit flows alike.
-        let want: &[&str] = match (*ok > 0, *dropped > 0) {
-            (true, true) => &["mixed"],
-            (false, true) => &["dropped"],
-            _ => &["forwarded", "audit"],
-        };
+    let pairs: BTreeSet<(&str, &str)> = edges.iter().map(|e| (&e.1[..], &e.2[..])).collect();
+    assert_eq!(
+        pairs.len(),
+        edges.len(),
+        "two edges for one pair: {edges:#?}"
+    );
+    let mut paths: Vec<&str> = edges.iter().map(|e| &e.5[..]).collect();
+    paths.extend(edges.iter().flat_map(|e| e.6.iter().map(|l| &l.1[..])));
+    let distinct: BTreeSet<&str> = paths.iter().copied().collect();
+    assert_eq!(distinct.len(), paths.len(), "edges drawn on one path");
+    // (port, forwarded, dropped, audit) per port, and the label's box, by edge.
+    type Ports = Vec<(String, u64, u64, u64)>;
+    let mut labelled: std::collections::BTreeMap<(String, String), (Ports, [f64; 4])> =
+        Default::default();
+    for l in label.captures_iter(&dom) {
+        let ports: Ports = port
+            .captures_iter(&l[5])
+            .map(|p| {
+                let n = |i: usize| p[i].parse::<u64>().expect("count");
+                let shown = tag.replace_all(&p[6], "").to_string();
+                let mut want = vec![];
+                for (v, k, sym) in [
+                    ("forwarded", n(3), "✓"),
+                    ("dropped", n(4), "✗"),
+                    ("audit", n(5), " audit"),
+                ] {
+                    if k > 0 {
+                        want.push(v);
+                        assert!(
+                            shown.contains(&format!("{k}{sym}")),
+                            "{shown} does not show {k} {v}"
+                        );
+                    }
+                }
+                assert_eq!(p[1].split_whitespace().collect::<Vec<_>>(), want, "{shown}");
+                (p[2].to_string(), n(3), n(4), n(5))
+            })
+            .collect();
+        let key = (l[2].to_string(), l[3].to_string());
         assert!(
-            want.contains(&class.as_str()),
-            "edge {title} {port} is {class}, not {want:?}"
+            labelled.insert(key, (ports, box_of(&l[4]))).is_none(),
+            "two labels for {}",
+            &l[2]
         );
     }
-    assert!(edges.iter().any(|e| e.0 == "forwarded"), "{edges:?}");
-    // The lab's audit section: a connection only ever seen audited.
-    assert!(edges.iter().any(|e| e.0 == "audit"), "{edges:?}");
+    assert_eq!(labelled.len(), edges.len(), "one label per edge");
+    let connections: usize = labelled.values().map(|l| l.0.len()).sum();
+    assert_eq!(
+        connections.to_string(),
+        c[2],
+        "ports labelled vs the stats line"
+    );
+    for (class, src, dst, ports, title, _, lanes) in &edges {
+        let (p, _) = &labelled[&(src.clone(), dst.clone())];
+        let names: Vec<&str> = p.iter().map(|p| &p.0[..]).collect();
+        assert_eq!(names.join(" "), *ports, "the label names the edge's ports");
+        // The edge shows every verdict any of its ports saw, AUDIT included.
+        let sum = |f: fn(&(String, u64, u64, u64)) -> u64| p.iter().map(f).sum::<u64>();
+        let want: Vec<&str> = [
+            ("forwarded", sum(|p| p.1)),
+            ("dropped", sum(|p| p.2)),
+            ("audit", sum(|p| p.3)),
+        ]
+        .into_iter()
+        .filter(|v| v.1 > 0)
+        .map(|v| v.0)
+        .collect();
+        assert_eq!(class, &want, "edge {title} is drawn as {class:?}");
+        let lanes: Vec<&str> = lanes.iter().map(|l| &l.0[..]).collect();
+        assert_eq!(lanes, want, "one lane per verdict: {title}");
+    }
+    assert!(edges.iter().any(|e| e.0 == ["forwarded"]), "{edges:#?}");
+    // The lab's audit section: connections seen audited.
     assert!(
-        edges.iter().any(|e| e.3 > 0),
-        "no edge with drops: {edges:?}"
+        edges.iter().any(|e| e.0.iter().any(|v| v == "audit")),
+        "{edges:#?}"
+    );
+    assert!(
+        edges.iter().any(|e| e.0.iter().any(|v| v == "dropped")),
+        "no edge with drops: {edges:#?}"
     );
     // The lab forwards frontend -> backend on 80/TCP with no policy and
-    // drops it under default-deny: one edge, both verdicts.
+    // drops it under default-deny: one port, both verdicts.
     let fe_be = edges
         .iter()
-        .find(|e| e.4.starts_with("default/frontend → default/myapp 80/TCP"))
-        .unwrap_or_else(|| panic!("no default/frontend → default/myapp 80/TCP edge: {edges:?}"));
+        .find(|e| e.1 == "default/frontend" && e.2 == "default/myapp")
+        .unwrap_or_else(|| panic!("no default/frontend → default/myapp edge: {edges:#?}"));
+    let p80 = labelled[&(fe_be.1.clone(), fe_be.2.clone())]
+        .0
+        .iter()
+        .find(|p| p.0 == "80/TCP")
+        .cloned()
+        .unwrap_or_else(|| panic!("no 80/TCP on {fe_be:?}"));
+    assert!(p80.1 > 0 && p80.2 > 0, "{p80:?}");
     assert!(
-        fe_be.0 == "mixed" && fe_be.2 > 0 && fe_be.3 > 0,
-        "{fe_be:?}"
-    );
-    assert!(
-        fe_be
-            .4
-            .contains("CiliumNetworkPolicy default/default-deny (default deny)"),
+        fe_be.4.starts_with("default/frontend → default/myapp\n")
+            && fe_be.4.contains("\n80/TCP: ")
+            && fe_be
+                .4
+                .contains("CiliumNetworkPolicy default/default-deny (default deny)"),
         "the edge does not name the rules that decided it: {fe_be:?}"
     );
+    // No label over another label or a workload.
+    let node_boxes: Vec<[f64; 4]> = regex::Regex::new(r#"<g class="node [a-z-]+"><rect ([^>]*)>"#)
+        .expect("regex")
+        .captures_iter(&dom)
+        .map(|c| box_of(&c[1]))
+        .collect();
+    let boxes: Vec<(&(String, String), &[f64; 4])> =
+        labelled.iter().map(|(k, v)| (k, &v.1)).collect();
+    for (i, (ka, a)) in boxes.iter().enumerate() {
+        for (kb, b) in &boxes[i + 1..] {
+            assert!(!overlap(a, b), "the labels of {ka:?} and {kb:?} overprint");
+        }
+        for n in &node_boxes {
+            assert!(!overlap(a, n), "the label of {ka:?} is over a workload");
+        }
+    }
 
     let shot = lab.dir.join("servicemap-lab.png");
     let out = chromium(
