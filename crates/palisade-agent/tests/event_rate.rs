@@ -8,6 +8,10 @@
 //! and every drop emits exactly one event (or counts one in `events_lost`).
 //! Consumer: the running agent's event thread (ring buffer → attribution →
 //! `Flow` → the flow ring and the metrics), unchanged.
+//!
+//! Then an agent restart: events the agent has not read when it stops stay
+//! in the pinned kernel ring, and the next agent on the same pins delivers
+//! each of them once.
 
 mod common;
 
@@ -17,7 +21,10 @@ use common::*;
 use palisade_agent::Agent;
 use palisade_agent::traffic::wait_until;
 use palisade_datapath::testrun::tcp_packet;
-use palisade_datapath::{DROP_POLICY_DENY, Direction, Program, events_lost_pinned, netns};
+use palisade_datapath::{
+    DROP_POLICY_DENY, Direction, EventReader, Program, events_lost_pinned, netns,
+};
+use palisade_flow::metrics::{FlowLabels, SourceLabels};
 
 const POLICY: &str = r#"
 apiVersion: cilium.io/v2
@@ -54,10 +61,13 @@ const TARGET_RATE: f64 = 110_000.0;
 /// Events produced in all: 3 s at `TARGET_RATE`.
 const EVENTS: u64 = 330_000;
 /// At most this many runs per `BPF_PROG_TEST_RUN` call: a burst stays far
-/// below the ring buffer's capacity (1 MiB of 64-byte records: 16,384).
+/// below the ring buffer's capacity (16 MiB of 64-byte records: 262,143).
 const MAX_BATCH: u64 = 1_000;
 /// The rate the acceptance item asks for.
 const REQUIRED_RATE: f64 = 100_000.0;
+/// Runs made in one call just before the agent stops: more than it reads
+/// in that time, fewer than the ring holds (none can be lost).
+const RESTART_BURST: u32 = 100_000;
 
 /// What the agent has accounted for so far, from its Prometheus metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +135,34 @@ fn run(agent: &Agent, packet: &[u8], ifindex: u32, repeat: u32) {
         .with_datapath(|dp| dp.test_run(Program::FromContainer, packet, ifindex, repeat))
         .expect("BPF_PROG_TEST_RUN (run as root)");
     assert_eq!(r.retval, 2, "TC_ACT_SHOT: the egressDeny rule drops it");
+}
+
+/// Events in the pinned kernel ring that no agent has read.
+fn unread(names: &Names) -> u64 {
+    EventReader::open_pinned(&names.pin_root)
+        .expect("the pinned event ring")
+        .unread()
+}
+
+/// The flow of the last datapath event an agent delivered is the deny
+/// rule's drop of the client's connection to the server.
+fn assert_last_flow_attributed(agent: &Agent) {
+    let flow = agent
+        .flows()
+        .page(None, Some(1))
+        .flows
+        .pop()
+        .and_then(|r| r.flow)
+        .expect("a flow");
+    let text = serde_json::to_string(&flow).expect("json");
+    assert!(
+        flow.drop_reason == u32::from(DROP_POLICY_DENY)
+            && flow.source.as_ref().map(|p| p.pod_name.as_str()) == Some("client")
+            && flow.destination.as_ref().map(|p| p.pod_name.as_str()) == Some("server")
+            && text.contains("client-egress")
+            && text.contains("spec.egressDeny[0]"),
+        "the flow is attributed to the deny rule: {text}"
+    );
 }
 
 /// Runs the program `EVENTS` times, paced at `TARGET_RATE`: each batch of
@@ -207,22 +245,7 @@ fn a_hundred_thousand_events_per_second_with_no_unaccounted_loss() {
         "one run, one event"
     );
     assert_eq!(denied_drops(&agent, client.endpoint) - base_drops, 1);
-    let flow = agent
-        .flows()
-        .page(None, Some(1))
-        .flows
-        .pop()
-        .and_then(|r| r.flow)
-        .expect("the flow of the single run");
-    let text = serde_json::to_string(&flow).expect("json");
-    assert!(
-        flow.drop_reason == u32::from(DROP_POLICY_DENY)
-            && flow.source.as_ref().map(|p| p.pod_name.as_str()) == Some("client")
-            && flow.destination.as_ref().map(|p| p.pod_name.as_str()) == Some("server")
-            && text.contains("client-egress")
-            && text.contains("spec.egressDeny[0]"),
-        "the flow is attributed to the deny rule: {text}"
-    );
+    assert_last_flow_attributed(&agent);
 
     // The paced run.
     let base = accounted(&agent);
@@ -317,4 +340,95 @@ fn a_hundred_thousand_events_per_second_with_no_unaccounted_loss() {
         .find_map(|r| r.flow.as_ref())
         .expect("a flow");
     assert_eq!(last.drop_reason, u32::from(DROP_POLICY_DENY));
+
+    // Agent restart. Handles on the running agent's counters outlive it:
+    // what it delivered is known exactly after it has stopped.
+    let config = agent.config().clone();
+    let flows_family = agent.flows().metrics().flows.clone();
+    let lost_family = agent.flows().metrics().lost_events.clone();
+    let first_delivered = move || {
+        flows_family
+            .get_or_create(&FlowLabels {
+                verdict: "DROPPED".into(),
+                r#type: "L3_L4".into(),
+            })
+            .get()
+    };
+    let first_queue_lost = move || {
+        lost_family
+            .get_or_create(&SourceLabels {
+                source: "OBSERVER_EVENTS_QUEUE".into(),
+            })
+            .get()
+    };
+    let base = accounted(&agent);
+    assert_eq!(
+        first_delivered(),
+        base.dropped_flows,
+        "the handle reads the metric"
+    );
+    assert_eq!(unread(&names), 0, "the agent has read everything so far");
+    let base_drops = denied_drops(&agent, client.endpoint);
+    let base_lost_pinned = events_lost_pinned(&names.pin_root).expect("events_lost");
+
+    // A burst, and the agent stops at once, before it has read it all.
+    netns::in_netns(&names.node_netns, || {
+        run(&agent, &packet, ifindex, RESTART_BURST)
+    })
+    .expect("node namespace");
+    let burst = u64::from(RESTART_BURST);
+    assert_eq!(
+        denied_drops(&agent, client.endpoint) - base_drops,
+        burst,
+        "every run is one drop"
+    );
+    agent.shutdown();
+    let first = first_delivered() - base.dropped_flows;
+    let left = unread(&names);
+    let lost = events_lost_pinned(&names.pin_root).expect("events_lost") - base_lost_pinned;
+    println!(
+        "restart: {burst} events produced just before the agent stopped; it delivered \
+         {first}, left {left} unread in the kernel ring; {lost} lost"
+    );
+    assert_eq!(lost, 0, "the burst fits the ring");
+    assert_eq!(first_queue_lost(), base.queue_lost);
+    assert_eq!(
+        first + left,
+        burst,
+        "what the agent took out of the ring it delivered; the rest is still there"
+    );
+    assert!(
+        left > 0,
+        "test setup: the agent was to stop before reading the whole burst"
+    );
+
+    // The next agent on the same pins delivers the rest, each event once.
+    let started = Instant::now();
+    let agent = Agent::start(config).expect("the next agent starts on the same pins");
+    let settled = wait_until(Duration::from_secs(30), || {
+        accounted(&agent).dropped_flows >= left
+    });
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300)); // duplicates would show by now
+    let second = accounted(&agent);
+    println!(
+        "restart: the next agent delivered {} flows {:.3} s after it was started",
+        second.dropped_flows,
+        took.as_secs_f64()
+    );
+    assert!(
+        settled,
+        "the next agent delivered only {second:?} of {left}"
+    );
+    assert_eq!(
+        second.dropped_flows, left,
+        "every event left in the ring, once"
+    );
+    assert_eq!(second.queue_lost, 0);
+    assert_eq!(unread(&names), 0);
+    assert_eq!(
+        events_lost_pinned(&names.pin_root).expect("events_lost") - base_lost_pinned,
+        0
+    );
+    assert_last_flow_attributed(&agent);
 }

@@ -11,23 +11,27 @@
 //! array `events_lost` (one `u64`): [`crate::Datapath::events_lost`],
 //! [`EventReader::events_lost`] and [`events_lost_pinned`] sum it.
 //!
-//! The kernel ring holds 16,384 events (1 MiB of 64-byte records): 160 ms
-//! at 100,000 events/s. A burst the reader's per-event work cannot keep up
-//! with for longer than that, or a reader thread that a busy machine keeps
-//! off the CPU that long, would overflow it. The [`EventReader`] therefore
-//! moves records out of the kernel ring into a user-space backlog of up to
-//! [`BACKLOG_CAPACITY`] decoded events (a copy per event) before handing
-//! them out one at a time. The backlog only ever takes what has room: when
-//! it is full the records stay in the kernel ring, so the one place events
-//! can be lost is still the kernel's `events_lost` counter.
+//! The kernel ring is the one event buffer: [`EVENTS_RING_BYTES`] (16 MiB)
+//! of [`EVENT_RECORD_BYTES`]-byte records, 262,143 events when full, 2.4 s
+//! at 110,000 events/s. The [`EventReader`] keeps nothing in user space: it
+//! takes a record out of the ring (advancing the ring's consumer position)
+//! only when it hands the event out. Events not read yet stay in the pinned
+//! ring when the reader is dropped or its process dies, and the next reader
+//! of the same pins (the next agent) gets them; the one place an event can
+//! be lost is the kernel's `events_lost` counter.
+//!
+//! A ring pinned by an earlier build keeps the size it was created with
+//! (pinned maps are adopted as they are, see [`crate::loader`]);
+//! [`EventReader::ring_bytes`] reports the size in use.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 
 use crate::conntrack::CtState;
 use crate::error::{DatapathError, Result};
@@ -195,44 +199,87 @@ impl DatapathEvent {
     }
 }
 
-/// Events an [`EventReader`] holds in user space at most: 2.6 s at 100,000
-/// events/s on top of the kernel ring's 16,384 (14 MiB when full; the
-/// backlog grows only as far as one forms and gives the memory back once
-/// it has been handed out).
-pub const BACKLOG_CAPACITY: usize = 1 << 18;
+/// Size in bytes of the `events` ring this build creates (`max_entries` in
+/// `bpf/events.h`).
+pub const EVENTS_RING_BYTES: u32 = 1 << 24;
 
-/// Backlog capacity kept when it runs dry (the kernel ring's size).
-const BACKLOG_KEEP: usize = 1 << 14;
-
-/// While the backlog has events, the kernel ring is emptied into it every
-/// this many events handed out (and whenever the backlog runs dry), so the
-/// kernel ring never holds more than a few thousand events while the reader
-/// runs; between refills, the kernel ring's "consumer caught up" wakeups
-/// stay rare.
-const REFILL_EVERY: u32 = 256;
+/// Bytes one event takes in the ring: the kernel's 8-byte record header and
+/// the 56-byte event, rounded up to 8.
+pub const EVENT_RECORD_BYTES: u32 = 64;
 
 /// Reads [`DatapathEvent`]s from the ring buffer. A ring buffer has one
 /// consumer position: use one reader per ring.
 ///
-/// Events already moved into the reader's backlog are handed out before
-/// anything else; dropping a reader with a backlog discards it (logged, see
-/// [`EventReader::pending`]).
+/// The reader holds no events of its own: each call takes at most the one
+/// record it returns out of the kernel ring, so dropping a reader (or
+/// killing its process) leaves every unread event in the pinned ring.
 pub struct EventReader {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
-    /// Decoded events taken from the kernel ring, oldest first.
-    backlog: VecDeque<DatapathEvent>,
-    /// Events handed out since the last refill.
-    since_refill: u32,
+    /// Size of the ring (the kernel's `max_entries`).
+    ring_bytes: u32,
+    positions: Positions,
 }
 
-impl Drop for EventReader {
+/// The ring's consumer and producer positions: its first two pages, mapped
+/// read-only (the kernel allows a read-only mapping of any of its pages;
+/// aya's reader maps the same pages for itself).
+struct Positions {
+    base: NonNull<libc::c_void>,
+    page: usize,
+}
+
+// SAFETY: a shared read-only mapping owned by this value, only read with
+// atomic loads.
+unsafe impl Send for Positions {}
+
+impl Positions {
+    fn map(fd: BorrowedFd<'_>) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a new shared read-only mapping of two pages of a valid
+        // ring buffer fd; the result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        match NonNull::new(ptr) {
+            Some(base) if ptr != libc::MAP_FAILED => Ok(Positions { base, page }),
+            _ => Err(DatapathError::io(
+                "mapping the event ring's positions",
+                std::io::Error::last_os_error(),
+            )),
+        }
+    }
+
+    /// Bytes written to the ring and not consumed yet.
+    fn unread_bytes(&self) -> u64 {
+        let base = self.base.as_ptr().cast::<u8>();
+        // SAFETY: the consumer position starts the first page and the
+        // producer position the second, each an aligned `unsigned long`
+        // inside the mapping that the kernel and the consumer update
+        // atomically. The consumer is read first: it never passes the
+        // producer.
+        let (consumer, producer) = unsafe {
+            let consumer = (*base.cast::<AtomicUsize>()).load(Ordering::Acquire);
+            let producer = (*base.add(self.page).cast::<AtomicUsize>()).load(Ordering::Acquire);
+            (consumer, producer)
+        };
+        producer.wrapping_sub(consumer) as u64
+    }
+}
+
+impl Drop for Positions {
     fn drop(&mut self) {
-        if !self.backlog.is_empty() {
-            tracing::warn!(
-                pending = self.backlog.len(),
-                "event reader dropped with events read from the ring but not handed out"
-            );
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe {
+            libc::munmap(self.base.as_ptr(), 2 * self.page);
         }
     }
 }
@@ -253,46 +300,57 @@ pub fn events_lost_pinned(pin_root: &Path) -> Result<u64> {
 }
 
 impl EventReader {
-    pub(crate) fn new(ring: RingBuf<MapData>, pin_root: &Path) -> Result<Self> {
+    /// A reader of the ring `ring`, which must describe the kernel's map as
+    /// it is (opened from its fd or pin, not from the object file: aya maps
+    /// the ring with the `max_entries` it is given).
+    pub(crate) fn new(ring: MapData, pin_root: &Path) -> Result<Self> {
+        let ring_bytes = ring
+            .info()
+            .map_err(|e| DatapathError::map("info", "events", e))?
+            .max_entries();
+        let positions = Positions::map(ring.fd().as_fd())?;
+        let ring = RingBuf::try_from(Map::RingBuf(ring))
+            .map_err(|e| DatapathError::map("open", "events", e))?;
         Ok(EventReader {
             ring,
             lost: open_lost(pin_root)?,
-            backlog: VecDeque::new(),
-            since_refill: 0,
+            ring_bytes,
+            positions,
         })
     }
 
-    /// Events taken from the kernel ring and not handed out yet.
-    pub fn pending(&self) -> usize {
-        self.backlog.len()
+    /// Events in the kernel ring that no reader has taken yet (all readers
+    /// of a ring share its consumer position, so this is also what the next
+    /// agent would get). Counts records still being written, too.
+    pub fn unread(&self) -> u64 {
+        self.positions.unread_bytes() / u64::from(EVENT_RECORD_BYTES)
     }
 
-    /// Moves records from the kernel ring into the backlog while it has
-    /// room (what does not fit stays in the kernel ring).
-    fn refill(&mut self) {
-        self.since_refill = 0;
-        while self.backlog.len() < BACKLOG_CAPACITY {
-            let Some(item) = self.ring.next() else {
-                break;
-            };
-            if let Some(ev) = DatapathEvent::decode(&item) {
-                self.backlog.push_back(ev);
+    /// Size of the kernel ring in bytes ([`EVENTS_RING_BYTES`] unless the
+    /// ring was pinned by a build with another size).
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_bytes
+    }
+
+    /// Events the kernel ring holds when full: one fewer than fit in its
+    /// bytes, as the kernel never lets the producer catch up with the
+    /// consumer (262,143 for [`EVENTS_RING_BYTES`]).
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.ring_bytes / EVENT_RECORD_BYTES) - 1
+    }
+
+    /// The next event without waiting, taken out of the kernel ring.
+    fn next_now(&mut self) -> Option<DatapathEvent> {
+        loop {
+            // the record leaves the ring when `item` is dropped, after the copy
+            let item = self.ring.next()?;
+            match DatapathEvent::decode(&item) {
+                Some(ev) => return Some(ev),
+                None => {
+                    tracing::warn!(len = item.len(), "skipping a short event record");
+                }
             }
         }
-    }
-
-    /// The next event without waiting: from the backlog, refilled from the
-    /// kernel ring when it is empty or every [`REFILL_EVERY`] events.
-    fn next_now(&mut self) -> Option<DatapathEvent> {
-        if self.backlog.is_empty() || self.since_refill >= REFILL_EVERY {
-            self.refill();
-        }
-        let ev = self.backlog.pop_front()?;
-        self.since_refill += 1;
-        if self.backlog.is_empty() && self.backlog.capacity() > BACKLOG_KEEP {
-            self.backlog.shrink_to(BACKLOG_KEEP);
-        }
-        Some(ev)
     }
 
     /// Events the datapath could not emit because the ring was full, summed
@@ -307,19 +365,18 @@ impl EventReader {
         let path = pin_root.join("events");
         let data =
             MapData::from_pin(&path).map_err(|e| DatapathError::map("open pinned", "events", e))?;
-        let ring = RingBuf::try_from(aya::maps::Map::RingBuf(data))
-            .map_err(|e| DatapathError::map("open", "events", e))?;
-        EventReader::new(ring, pin_root)
+        EventReader::new(data, pin_root)
     }
 
     /// Returns the next event, waiting up to `timeout` for one. `Ok(None)`
     /// on timeout.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<DatapathEvent>> {
+        // the common case under load: an event is waiting (no clock read)
+        if let Some(ev) = self.next_now() {
+            return Ok(Some(ev));
+        }
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(ev) = self.next_now() {
-                return Ok(Some(ev));
-            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
@@ -338,18 +395,17 @@ impl EventReader {
                     return Err(DatapathError::io("polling the event ring buffer", err));
                 }
             }
+            if let Some(ev) = self.next_now() {
+                return Ok(Some(ev));
+            }
         }
     }
 
-    /// Drains every event currently in the backlog and the ring without
-    /// waiting.
+    /// Drains every event currently in the ring without waiting.
     pub fn drain(&mut self) -> Vec<DatapathEvent> {
-        let mut out: Vec<DatapathEvent> = self.backlog.drain(..).collect();
-        self.since_refill = 0;
-        while let Some(item) = self.ring.next() {
-            if let Some(ev) = DatapathEvent::decode(&item) {
-                out.push(ev);
-            }
+        let mut out = Vec::new();
+        while let Some(ev) = self.next_now() {
+            out.push(ev);
         }
         out
     }

@@ -9,7 +9,11 @@
 //! it and relocates the freshly loaded programs against it (state adopted,
 //! never flushed); otherwise it creates the map and pins it. Before that,
 //! existing pins are checked against this build's map type and key/value
-//! sizes and rejected with [`DatapathError::MapIncompatible`].
+//! sizes and rejected with [`DatapathError::MapIncompatible`]. Capacities
+//! (`max_entries`) are not checked: a pinned map keeps the capacity it was
+//! created with until its pin is removed. For the `events` ring that is
+//! its size in bytes; the reader maps the ring with the kernel's size, not
+//! the object file's (a warning names an adopted ring of another size).
 //!
 //! Programs are loaded anew by every [`Datapath`]. Attachments are TCX links
 //! pinned at `<pin_root>/links/<ifindex>-in` (from_container, TCX ingress)
@@ -23,9 +27,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, MapType, PerCpuArray, PerCpuHashMap, RingBuf,
-};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapType, PerCpuArray, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -35,7 +37,7 @@ use crate::conntrack::{CtEntry, CtKey, GcStats, RawCtEntry, RawCtKey};
 use crate::counters::{CounterEntry, EndpointCounters, RawCounterKey, RawCounterValue};
 use crate::endpoint::{EndpointInfo, RawEndpointInfo};
 use crate::error::{DatapathError, Result};
-use crate::events::{EventReader, Verdict};
+use crate::events::{EVENTS_RING_BYTES, EventReader, Verdict};
 use crate::ipcache::Ipv4Prefix;
 use crate::policy::{Direction, PolicyKey, PolicyValue, RawPolicyEntry, RawPolicyKeyData};
 
@@ -126,7 +128,7 @@ pub struct Datapath {
     conntrack: HashMap<MapData, RawCtKey, RawCtEntry>,
     counters: PerCpuHashMap<MapData, RawCounterKey, RawCounterValue>,
     counters_fast: PerCpuArray<MapData, RawCounterValue>,
-    events: Option<RingBuf<MapData>>,
+    events: Option<MapData>,
     events_lost: PerCpuArray<MapData, u64>,
     policy_revision: Array<MapData, u64>,
     policy_shadow: BTreeMap<u32, BTreeMap<PolicyKey, PolicyValue>>,
@@ -202,6 +204,17 @@ fn check_pinned(path: &Path, name: &'static str, ty: MapType, key: u32, value: u
             found: format!("{found_ty:?}/{}/{}", info.key_size(), info.value_size()),
             expected: format!("{ty:?}/{key}/{value}"),
         });
+    }
+    if ty == MapType::RingBuf && info.max_entries() != EVENTS_RING_BYTES {
+        // Adopted as it is, like every pinned map whose capacity changed:
+        // replacing it would drop the events it still holds.
+        tracing::warn!(
+            path = %path.display(),
+            pinned_bytes = info.max_entries(),
+            build_bytes = EVENTS_RING_BYTES,
+            "the pinned event ring is not this build's size; adopted as it is, \
+             unread events included (a new pin root gets this build's size)"
+        );
     }
     Ok(())
 }
@@ -289,8 +302,19 @@ impl Datapath {
             .map_err(|e| DatapathError::map("open", "counters", e))?;
         let counters_fast = PerCpuArray::try_from(take_map(&mut ebpf, "counters_fast")?)
             .map_err(|e| DatapathError::map("open", "counters_fast", e))?;
-        let events = RingBuf::try_from(take_map(&mut ebpf, "events")?)
-            .map_err(|e| DatapathError::map("open", "events", e))?;
+        let Map::RingBuf(events) = take_map(&mut ebpf, "events")? else {
+            return Err(DatapathError::MapMissing("events"));
+        };
+        // The ring as the kernel has it: aya would map the ring with the
+        // object file's size, which an adopted ring need not have.
+        let events = events
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| DatapathError::io("duplicating the events ring fd", e))
+            .and_then(|fd| {
+                MapData::from_fd(fd).map_err(|e| DatapathError::map("open", "events", e))
+            })?;
         let events_lost = PerCpuArray::try_from(take_map(&mut ebpf, "events_lost")?)
             .map_err(|e| DatapathError::map("open", "events_lost", e))?;
 

@@ -11,8 +11,9 @@ use palisade_datapath::{
 /// `lo`: exists in every namespace; BPF_PROG_TEST_RUN only needs the ifindex.
 const LO_IFINDEX: u32 = 1;
 const EP: u32 = 7;
-/// More denied packets than the 1 MiB ring holds (64-byte records: 16,384).
-const BURST: u32 = 40_000;
+/// More denied packets than the 16 MiB ring holds (64-byte records:
+/// 262,143), in one `BPF_PROG_TEST_RUN` call.
+const BURST: u32 = 300_000;
 
 #[test]
 fn a_full_ring_counts_every_lost_event_exactly() {
@@ -31,6 +32,10 @@ fn a_full_ring_counts_every_lost_event_exactly() {
     .expect("endpoint");
     assert_eq!(dp.events_lost().expect("events_lost"), 0);
     assert_eq!(reader.events_lost().expect("events_lost"), 0);
+    assert!(
+        u64::from(BURST) > reader.capacity(),
+        "the burst overflows the ring"
+    );
 
     // no policy: every run is a new flow denied with 133 and one event
     let denied = tcp_packet([100, 64, 0, 2], [100, 64, 0, 3], 40000, 9999, 0x02);
@@ -48,10 +53,13 @@ fn a_full_ring_counts_every_lost_event_exactly() {
             .dropped(Direction::Egress, DROP_POLICY);
         assert_eq!(produced, round * u64::from(BURST));
 
+        assert_eq!(reader.unread(), reader.capacity(), "round {round}: full");
         let events = reader.drain();
         assert!(events.iter().all(|e| e.ep_id == EP
             && e.verdict == Verdict::Dropped
             && e.drop_reason == DROP_POLICY));
+        // nothing was read during the burst: the ring filled up exactly
+        assert_eq!(events.len() as u64, reader.capacity(), "round {round}");
         read += events.len() as u64;
         let lost = dp.events_lost().expect("events_lost");
         assert!(lost > 0, "round {round}: the ring never filled up");
