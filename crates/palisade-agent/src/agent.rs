@@ -1314,6 +1314,16 @@ impl Shared {
     }
 
     fn event_loop(self: Arc<Self>, mut reader: palisade_datapath::EventReader) {
+        // The pinned loss counter outlives agents: start from what an
+        // earlier agent reported (a smaller counter means new pins), so
+        // losses are reported once, including those while no agent ran.
+        let reported_path = self.config.state_dir.join("events-lost-reported.json");
+        let mut reported: u64 = store::read_json(&reported_path).ok().flatten().unwrap_or(0);
+        if reader.events_lost().is_ok_and(|t| t >= reported) {
+            self.flows.set_kernel_lost_baseline(reported);
+        } else {
+            reported = 0;
+        }
         let mut lost_checked = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             // The kernel counts events its ring buffer had no room for;
@@ -1321,7 +1331,16 @@ impl Shared {
             if lost_checked.elapsed() >= Duration::from_millis(100) {
                 lost_checked = Instant::now();
                 match reader.events_lost() {
-                    Ok(total) => self.flows.kernel_lost(total),
+                    Ok(total) => {
+                        self.flows.kernel_lost(total);
+                        let now = self.flows.kernel_lost_reported();
+                        if now != reported {
+                            reported = now;
+                            if let Err(e) = store::write_json(&reported_path, &reported) {
+                                tracing::warn!(error = %e, "saving the reported loss total");
+                            }
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "reading the lost-events counter"),
                 }
             }

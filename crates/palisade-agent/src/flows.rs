@@ -119,6 +119,23 @@ impl FlowHub {
         self.lost("PERF_EVENT_RING_BUFFER", delta);
     }
 
+    /// The kernel's loss total already reported.
+    pub fn kernel_lost_reported(&self) -> u64 {
+        *self
+            .kernel_lost_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts from a total an earlier agent already reported (the pinned
+    /// counter outlives agents), so no loss is reported twice.
+    pub fn set_kernel_lost_baseline(&self, total: u64) {
+        *self
+            .kernel_lost_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = total;
+    }
+
     /// Accounts for `n` events lost at `source` (Hubble's `LostEventSource`
     /// name): counted in `lost_events{source}` and reported in the flow
     /// stream.
@@ -855,6 +872,19 @@ mod kernel_lost_tests {
             .map(|l| l.num_events_lost.as_str())
             .collect();
         assert_eq!(lost, vec!["5", "2"]);
+        // A restarted agent starts from what was reported before.
+        let next = FlowHub::new(16, "node-1");
+        next.set_kernel_lost_baseline(hub.kernel_lost_reported());
+        next.kernel_lost(7);
+        next.kernel_lost(10);
+        let lost: Vec<String> = next
+            .page(Some(0), None)
+            .flows
+            .iter()
+            .filter_map(|r| r.lost_events.as_ref())
+            .map(|l| l.num_events_lost.clone())
+            .collect();
+        assert_eq!(lost, vec!["3"]);
         let text = hub.metrics().encode();
         assert!(
             text.contains("palisade_lost_events_total{source=\"PERF_EVENT_RING_BUFFER\"} 7"),
