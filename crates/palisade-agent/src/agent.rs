@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     proxy: Mutex<Option<crate::l7proc::L7Process>>,
     /// The threads that follow and supervise it.
     proxy_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The redirect targets the fail-closed guard holds (last applied).
+    l7_guard: Mutex<Option<BTreeSet<palisade_proxy::redirect::Target>>>,
     /// The in-process DNS and Kafka proxies (started with the HTTP proxy).
     l7_extra: Mutex<L7Extra>,
     stop: AtomicBool,
@@ -446,12 +448,14 @@ impl Agent {
             flows: Arc::new(FlowHub::new(config_ring_capacity, &node_name)),
             proxy: Mutex::new(None),
             proxy_threads: Mutex::new(Vec::new()),
+            l7_guard: Mutex::new(None),
             l7_extra: Mutex::new(L7Extra::default()),
             stop: AtomicBool::new(false),
         });
         match shared.config.l7_proxy.clone() {
             Some(pcfg) => shared.start_l7_proxy(pcfg)?,
             None => {
+                palisade_proxy::redirect::remove_guard(&shared.config.node_netns);
                 let dir = shared.config.state_dir.join("l7-proxy");
                 let program = shared.config.proxy_program.clone().unwrap_or_default();
                 if let Some(pid) =
@@ -867,6 +871,23 @@ impl Shared {
             ),
             Err(e) => tracing::error!(error = %e, "feeding the L7 proxy"),
         }
+        drop(g);
+        self.update_l7_guard(&st.engine);
+    }
+
+    /// Keeps the fail-closed guard (forwarded packets of a redirect target
+    /// are dropped: only what the proxy takes gets through) equal to the
+    /// enforced policy's redirect targets.
+    fn update_l7_guard(&self, engine: &Engine) {
+        let targets = palisade_proxy::redirect::targets_of(engine);
+        let mut g = self.l7_guard.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref() == Some(&targets) {
+            return;
+        }
+        match palisade_proxy::redirect::apply_guard(&self.config.node_netns, &targets) {
+            Ok(()) => *g = Some(targets),
+            Err(e) => tracing::error!(error = %e, "updating the L7 fail-closed guard"),
+        }
     }
 
     /// Starts the HTTP/gRPC L7 proxy as a process of its own in the node
@@ -902,6 +923,7 @@ impl Shared {
             "L7 proxy process running in the node namespace"
         );
         *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(process);
+        self.update_l7_guard(&self.lock().engine);
         let mut threads = Vec::new();
         let me = self.clone();
         let sock = crate::l7proc::L7Process::records_path(&dir);

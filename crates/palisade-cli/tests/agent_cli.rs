@@ -423,15 +423,32 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     );
     assert!(enforced("/private", "/public"), "the new proxy enforces");
 
-    // An agent started without --l7-proxy does not leave an old proxy
-    // enforcing an old policy, and says that the L7 rules are unenforced.
+    // Agent and proxy both gone (the proxy stopped cleanly, removing its
+    // redirection): L7 rules fail closed, nothing bypasses the proxy.
     let second = env.proxy_status().expect("status").pid;
     env.kill_agent();
+    // SAFETY: kill(2) of the test's own proxy process.
+    unsafe {
+        libc::kill(second as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(second)));
+    assert_eq!(get("/private"), 0, "no answer: the guard drops it");
+    assert_eq!(get("/public"), 0);
+
+    // An agent started without --l7-proxy removes the guard, and says that
+    // the L7 rules are unenforced.
     env.start_agent();
-    assert!(!pid_alive(second), "the leftover proxy was stopped");
+    assert_eq!(get("/public"), 200);
     let status = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
     assert!(
         status.contains("example-policy: its L7 rules are not enforced"),
         "{status}"
     );
+    // and does not leave an old proxy enforcing an old policy
+    env.kill_agent();
+    env.start_agent_with(&["--l7-proxy"]);
+    let third = env.proxy_status().expect("status").pid;
+    env.kill_agent();
+    env.start_agent();
+    assert!(!pid_alive(third), "the leftover proxy was stopped");
 }

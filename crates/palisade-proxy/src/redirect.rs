@@ -67,7 +67,12 @@ pub struct Target {
 /// The redirect targets of a snapshot: every HTTP redirect entry of every
 /// local endpoint, by address and port range.
 pub fn targets(snapshot: &PolicySnapshot) -> BTreeSet<Target> {
-    let engine = snapshot.engine();
+    targets_of(snapshot.engine())
+}
+
+/// The redirect targets of an engine's resolved maps (what [`targets`]
+/// reads from a snapshot).
+pub fn targets_of(engine: &palisade_policy::engine::Engine) -> BTreeSet<Target> {
     let mut out = BTreeSet::new();
     for (key, _, map) in engine.endpoints() {
         let Some(pod) = engine.state().pod(key) else {
@@ -109,26 +114,29 @@ fn port_range(port: u16, prefix_len: u8) -> (u16, u16) {
     (lo.max(1), lo | !mask)
 }
 
+/// The `elements = { ... }` clause of the targets of one direction.
+fn set_elements(targets: &BTreeSet<Target>, dir: Direction) -> String {
+    let v: Vec<String> = targets
+        .iter()
+        .filter(|t| t.direction == dir)
+        .map(|t| {
+            if t.port_lo == t.port_hi {
+                format!("{} . {}", t.ip, t.port_lo)
+            } else {
+                format!("{} . {}-{}", t.ip, t.port_lo, t.port_hi)
+            }
+        })
+        .collect();
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!("elements = {{ {} }}", v.join(", "))
+    }
+}
+
 /// The nftables script that replaces the proxy's table in one transaction.
 pub fn ruleset(config: &ProxyConfig, targets: &BTreeSet<Target>) -> String {
-    let elements = |dir: Direction| {
-        let v: Vec<String> = targets
-            .iter()
-            .filter(|t| t.direction == dir)
-            .map(|t| {
-                if t.port_lo == t.port_hi {
-                    format!("{} . {}", t.ip, t.port_lo)
-                } else {
-                    format!("{} . {}-{}", t.ip, t.port_lo, t.port_hi)
-                }
-            })
-            .collect();
-        if v.is_empty() {
-            String::new()
-        } else {
-            format!("elements = {{ {} }}", v.join(", "))
-        }
-    };
+    let elements = |dir: Direction| set_elements(targets, dir);
     let t = &config.nft_table;
     let port = config.port;
     format!(
@@ -147,6 +155,59 @@ table ip {t} {{\n\
         eg = elements(Direction::Egress),
         mark = PROXY_MARK,
     )
+}
+
+/// The table of the fail-closed guard (owned by the agent, not the proxy).
+pub const GUARD_TABLE: &str = "palisade_l7_guard";
+
+/// The guard: forwarded packets of a redirect target are dropped. Packets
+/// the proxy's TPROXY rule takes are delivered locally (the input path),
+/// never forwarded, and the proxy's own upstream packets are locally
+/// generated; so the guard only drops what would bypass L7 enforcement
+/// while the proxy is down, restarting or stopped: L7 rules fail closed.
+pub fn guard_ruleset(targets: &BTreeSet<Target>) -> String {
+    let t = GUARD_TABLE;
+    format!(
+        "table ip {t}\ndelete table ip {t}\n\
+table ip {t} {{\n\
+  set ingress {{ type ipv4_addr . inet_service; flags interval; {ing} }}\n\
+  set egress {{ type ipv4_addr . inet_service; flags interval; {eg} }}\n\
+  chain forward {{\n\
+    type filter hook forward priority filter; policy accept;\n\
+    ip daddr . tcp dport @ingress counter drop\n\
+    ip saddr . tcp dport @egress counter drop\n\
+  }}\n\
+}}\n",
+        ing = set_elements(targets, Direction::Ingress),
+        eg = set_elements(targets, Direction::Egress),
+    )
+}
+
+/// Replaces the guard table in the network namespace `netns`.
+pub fn apply_guard(netns: &str, targets: &BTreeSet<Target>) -> Result<(), ProxyError> {
+    run(
+        "ip",
+        &["netns", "exec", netns, "nft", "-f", "-"],
+        Some(&guard_ruleset(targets)),
+    )
+}
+
+/// Removes the guard table from `netns` (if there is one).
+pub fn remove_guard(netns: &str) {
+    let _ = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "nft",
+            "delete",
+            "table",
+            "ip",
+            GUARD_TABLE,
+        ],
+        None,
+    );
 }
 
 /// Runs an iproute2/nftables command (with optional stdin); its stderr
