@@ -775,12 +775,17 @@ impl Shared {
         // Names the DNS proxy learned survive every engine rebuild.
         self.replay_learned_fqdns(st);
         let endpoints = Self::endpoints_runtime(st);
+        let t0 = Instant::now();
         let outcome = reconcile::reconcile(
             &st.engine,
             &mut st.datapath,
             &endpoints,
             &self.config.node_name,
         );
+        self.flows
+            .metrics()
+            .regeneration_seconds
+            .observe(t0.elapsed().as_secs_f64());
         for e in &outcome.errors {
             tracing::error!(error = %e, "reconciliation");
         }
@@ -1080,8 +1085,13 @@ impl Shared {
             .into_iter()
             .filter(|e| touched.contains(&e.key))
             .collect();
+        let t0 = Instant::now();
         let outcome =
             reconcile::reconcile_endpoints(&st.engine, &mut st.datapath, &endpoints, &prefixes);
+        self.flows
+            .metrics()
+            .regeneration_seconds
+            .observe(t0.elapsed().as_secs_f64());
         for e in &outcome.errors {
             tracing::error!(error = %e, "reconciliation");
         }
@@ -1183,6 +1193,15 @@ impl Shared {
         w
     }
 
+    /// A change accepted at `t0` is enforced now (datapath written,
+    /// proxies fed and confirmed): `apply_to_enforced_seconds`.
+    fn observe_enforced(&self, t0: Instant) {
+        self.flows
+            .metrics()
+            .apply_to_enforced_seconds
+            .observe(t0.elapsed().as_secs_f64());
+    }
+
     fn endpoint_errors(st: &State) -> Vec<String> {
         st.status
             .iter()
@@ -1192,6 +1211,7 @@ impl Shared {
     }
 
     fn apply(&self, files: &[SourceFile]) -> Result<ApplyReport> {
+        let t0 = Instant::now();
         let objects = sources::parse_all(files, &self.config.options)?;
         if objects.is_empty() {
             return Err(AgentError::Invalid {
@@ -1209,6 +1229,7 @@ impl Shared {
         st.api = candidate;
         let old_api = std::mem::replace(&mut st.api_objects, api_objects);
         self.sources_changed(&mut st, None, Some(&old_api));
+        self.observe_enforced(t0);
         Ok(ApplyReport {
             objects: objects.iter().map(|o| o.key.clone()).collect(),
             not_found: vec![],
@@ -1218,6 +1239,7 @@ impl Shared {
     }
 
     fn delete(&self, files: &[SourceFile]) -> Result<ApplyReport> {
+        let t0 = Instant::now();
         let objects = sources::parse_all(files, &self.config.options)?;
         let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
         let mut st = self.lock();
@@ -1253,6 +1275,7 @@ impl Shared {
         st.api = candidate;
         st.api_objects = api_objects;
         self.rebuild_and_reconcile(&mut st);
+        self.observe_enforced(t0);
         Ok(ApplyReport {
             objects: keys
                 .into_iter()
@@ -1282,6 +1305,9 @@ impl Shared {
         st.dir_pending = None;
         st.dir_fingerprint = fp;
         st.dir_generation += 1;
+        // From the poll that saw the change stable (at most two watch
+        // intervals after the write) to enforced, proxies included.
+        let t0 = Instant::now();
         match sources::read_dir(dir)
             .and_then(|files| sources::parse_all(&files, &self.config.options).map(|o| (files, o)))
         {
@@ -1292,6 +1318,7 @@ impl Shared {
                 let old_dir = std::mem::replace(&mut st.dir_objects, objects);
                 st.dir_errors.clear();
                 self.sources_changed(&mut st, Some(&old_dir), None);
+                self.observe_enforced(t0);
                 tracing::info!(dir = %dir.display(), files = files.len(), "manifests directory applied");
             }
             Err(e) => {
@@ -2003,12 +2030,17 @@ impl Shared {
     /// the caller).
     fn reconcile_fqdn_locked(&self, st: &mut State) {
         let endpoints = Self::endpoints_runtime(st);
+        let t0 = Instant::now();
         let outcome = reconcile::reconcile(
             &st.engine,
             &mut st.datapath,
             &endpoints,
             &self.config.node_name,
         );
+        self.flows
+            .metrics()
+            .regeneration_seconds
+            .observe(t0.elapsed().as_secs_f64());
         for e in &outcome.errors {
             tracing::error!(error = %e, "reconciliation (FQDN)");
         }

@@ -34,6 +34,28 @@ fn http_rules_enforced_by_the_agents_proxy() {
         .apply_text("example-policy.yaml", EXAMPLE_POLICY)
         .expect("policy");
     let t = Duration::from_secs(2);
+    // The change was timed up to enforced (L7 proxy process confirmed).
+    let metrics = agent.flows().metrics().encode();
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("palisade_{name}_count ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("policy_apply_to_enforced_seconds") >= 1, "{metrics}");
+    assert!(
+        count("endpoint_regeneration_time_seconds") >= 1,
+        "{metrics}"
+    );
+    eprintln!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("palisade_policy_apply_to_enforced_seconds_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     let get = http_request(&fe_ns, app_ip, 80, "GET", "/public", &[], t).expect("answer");
     assert_eq!((get.status, get.body.as_str()), (200, "GET /public\n"));

@@ -81,13 +81,13 @@ impl Metrics {
         let regeneration_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 12));
         registry.register(
             "endpoint_regeneration_time_seconds",
-            "Time to resolve and write an endpoint's policy",
+            "Time to write the resolved policy of the changed endpoints to the datapath",
             regeneration_seconds.clone(),
         );
         let apply_to_enforced_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 12));
         registry.register(
             "policy_apply_to_enforced_seconds",
-            "Time from accepting a policy change to its last map write",
+            "Time from accepting a policy change to enforced: datapath maps written and L7 proxies confirmed",
             apply_to_enforced_seconds.clone(),
         );
         let proxy_requests = Family::<ProxyLabels, Counter>::default();
