@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     proxy: Mutex<Option<crate::l7proc::L7Process>>,
     /// The threads that follow and supervise it.
     proxy_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Endpoints with a `policy_map_pressure` gauge.
+    pressure_keys: Mutex<BTreeSet<String>>,
     /// The redirect targets the fail-closed guard holds (last applied).
     l7_guard: Mutex<Option<BTreeSet<palisade_proxy::redirect::Target>>>,
     /// The in-process DNS and Kafka proxies (started with the HTTP proxy).
@@ -449,6 +451,7 @@ impl Agent {
             proxy: Mutex::new(None),
             proxy_threads: Mutex::new(Vec::new()),
             l7_guard: Mutex::new(None),
+            pressure_keys: Mutex::new(BTreeSet::new()),
             l7_extra: Mutex::new(L7Extra::default()),
             stop: AtomicBool::new(false),
         });
@@ -800,6 +803,7 @@ impl Shared {
         }
         st.status = status;
         st.reconciliations += 1;
+        self.update_map_pressure(st, st.pods.keys());
         // The proxy process installs its redirect sets itself: wait
         // (bounded) so that a change is enforced when this returns.
         self.feed_proxy_process(st, Duration::from_secs(3));
@@ -1105,6 +1109,7 @@ impl Shared {
             }
         }
         st.reconciliations += 1;
+        self.update_map_pressure(st, touched.iter());
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         for k in touched {
             if let Some(m) = st.engine.endpoint_map(k) {
@@ -1191,6 +1196,34 @@ impl Shared {
             }
         }
         w
+    }
+
+    /// `policy_map_pressure{endpoint}`: entries over capacity of the
+    /// endpoints `keys` (a gauge is removed with its endpoint).
+    fn update_map_pressure<'k>(&self, st: &State, keys: impl Iterator<Item = &'k String>) {
+        let cap = self.config.policy_capacity.max(1) as f64;
+        let family = &self.flows.metrics().policy_map_pressure;
+        let mut gauged = self.pressure_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: BTreeSet<String> = keys.cloned().collect();
+        // Endpoints gone since the last full pass lose their gauge.
+        keys.extend(gauged.iter().filter(|k| !st.pods.contains_key(*k)).cloned());
+        for key in &keys {
+            let labels = palisade_flow::metrics::EndpointLabels {
+                endpoint: key.clone(),
+            };
+            match st.engine.endpoint_map(key) {
+                Some(m) if st.pods.contains_key(key) => {
+                    family
+                        .get_or_create(&labels)
+                        .set(m.entries.len() as f64 / cap);
+                    gauged.insert(key.clone());
+                }
+                _ => {
+                    family.remove(&labels);
+                    gauged.remove(key);
+                }
+            }
+        }
     }
 
     /// A change accepted at `t0` is enforced now (datapath written,
@@ -1902,6 +1935,13 @@ impl Shared {
             }),
             sink: palisade_proxy::dns::Sink::callback(move |r: palisade_proxy::dns::DnsRecord| {
                 metric(&hub, "dns", r.verdict);
+                hub.metrics()
+                    .dns_queries
+                    .get_or_create(&palisade_flow::metrics::ProxyLabels {
+                        protocol: "dns".into(),
+                        verdict: format!("{:?}", r.verdict).to_ascii_uppercase(),
+                    })
+                    .inc();
                 if let Some(me) = me.upgrade() {
                     me.push_l7_flow(crate::flows::flow_of_dns(&r, &node));
                 }
@@ -2045,6 +2085,7 @@ impl Shared {
             tracing::error!(error = %e, "reconciliation (FQDN)");
         }
         st.reconciliations += 1;
+        self.update_map_pressure(st, st.pods.keys());
         // A client connects right after the DNS answer: the HTTP proxy must
         // know the name's identity by then (short bound: the DNS proxy
         // holds the answer meanwhile).

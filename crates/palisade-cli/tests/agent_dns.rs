@@ -221,5 +221,13 @@ fn to_fqdns_through_the_agents_dns_proxy() {
         "{:#?}",
         agent.flows().page(None, None)
     );
+    // and the DNS proxy's statistics
+    let metrics = agent.flows().metrics().encode();
+    for line in [
+        "palisade_dns_proxy_queries_total{protocol=\"dns\",verdict=\"FORWARDED\"}",
+        "palisade_dns_proxy_queries_total{protocol=\"dns\",verdict=\"DROPPED\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     agent.destroy();
 }
