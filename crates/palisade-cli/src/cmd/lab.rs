@@ -1013,6 +1013,12 @@ fn l7_section(agent: &Agent, w: &World, timeout: Duration) -> anyhow::Result<(us
     agent
         .start_l7_proxy(palisade_proxy::ProxyConfig::default())
         .context("starting the L7 proxy")?;
+    if let Some(p) = agent.status().l7_proxy {
+        println!(
+            "   the HTTP proxy runs as its own process (`palisade proxy`, pid {}): an agent restart does not interrupt L7 enforcement, and while no proxy takes the traffic it is dropped, never let through unfiltered",
+            p.pid
+        );
+    }
     let mut servers = Vec::new();
     let mut ips = BTreeMap::new();
     for (ns, name, app) in [
