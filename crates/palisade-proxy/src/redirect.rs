@@ -100,7 +100,7 @@ pub fn targets_of(engine: &palisade_policy::engine::Engine) -> BTreeSet<Target> 
 
 /// The port range a key covers: `prefix_len` counts the protocol byte (8)
 /// plus the leading port bits.
-fn port_range(port: u16, prefix_len: u8) -> (u16, u16) {
+pub(crate) fn port_range(port: u16, prefix_len: u8) -> (u16, u16) {
     let bits = u32::from(prefix_len.saturating_sub(8)).min(16);
     if bits == 0 {
         return (1, u16::MAX);
@@ -116,14 +116,23 @@ fn port_range(port: u16, prefix_len: u8) -> (u16, u16) {
 
 /// The `elements = { ... }` clause of the targets of one direction.
 fn set_elements(targets: &BTreeSet<Target>, dir: Direction) -> String {
-    let v: Vec<String> = targets
-        .iter()
-        .filter(|t| t.direction == dir)
-        .map(|t| {
-            if t.port_lo == t.port_hi {
-                format!("{} . {}", t.ip, t.port_lo)
+    elements(
+        targets
+            .iter()
+            .filter(|t| t.direction == dir)
+            .map(|t| (t.ip, t.port_lo, t.port_hi)),
+    )
+}
+
+/// An nftables `elements = { ip . port[-port], ... }` clause (empty for
+/// no element); shared by the HTTP, DNS and Kafka tables.
+pub(crate) fn elements(items: impl Iterator<Item = (std::net::Ipv4Addr, u16, u16)>) -> String {
+    let v: Vec<String> = items
+        .map(|(ip, lo, hi)| {
+            if lo == hi {
+                format!("{ip} . {lo}")
             } else {
-                format!("{} . {}-{}", t.ip, t.port_lo, t.port_hi)
+                format!("{ip} . {lo}-{hi}")
             }
         })
         .collect();

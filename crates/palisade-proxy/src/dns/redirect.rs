@@ -63,7 +63,7 @@ pub fn targets(snapshot: &PolicySnapshot, kind: L7Kind) -> BTreeSet<Target> {
                 17 => &[17],
                 _ => &[],
             };
-            let (lo, hi) = port_range(k.port, k.prefix_len);
+            let (lo, hi) = crate::redirect::port_range(k.port, k.prefix_len);
             for ip in &pod.ips {
                 let IpAddr::V4(ip) = ip else { continue };
                 for p in protos {
@@ -81,39 +81,15 @@ pub fn targets(snapshot: &PolicySnapshot, kind: L7Kind) -> BTreeSet<Target> {
     out
 }
 
-fn port_range(port: u16, prefix_len: u8) -> (u16, u16) {
-    let bits = u32::from(prefix_len.saturating_sub(8)).min(16);
-    if bits == 0 {
-        return (1, u16::MAX);
-    }
-    let mask: u16 = if bits == 16 {
-        u16::MAX
-    } else {
-        !(u16::MAX >> bits)
-    };
-    let lo = port & mask;
-    (lo.max(1), lo | !mask)
-}
-
 /// The script that replaces `table` in one transaction.
 pub fn ruleset(table: &str, port: u16, targets: &BTreeSet<Target>) -> String {
     let elements = |dir: Direction, proto: u8| {
-        let v: Vec<String> = targets
-            .iter()
-            .filter(|t| t.direction == dir && t.proto == proto)
-            .map(|t| {
-                if t.port_lo == t.port_hi {
-                    format!("{} . {}", t.ip, t.port_lo)
-                } else {
-                    format!("{} . {}-{}", t.ip, t.port_lo, t.port_hi)
-                }
-            })
-            .collect();
-        if v.is_empty() {
-            String::new()
-        } else {
-            format!("elements = {{ {} }}", v.join(", "))
-        }
+        crate::redirect::elements(
+            targets
+                .iter()
+                .filter(|t| t.direction == dir && t.proto == proto)
+                .map(|t| (t.ip, t.port_lo, t.port_hi)),
+        )
     };
     let mut sets = String::new();
     let mut rules = String::new();
