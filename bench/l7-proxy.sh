@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# L7 proxy benchmark, everything side by side in one run, one table:
+# L7 proxy benchmark, everything side by side in one run, three tables:
 #   direct | Palisade allow-all | Palisade 10/100/1,000 HTTP rules | HAProxy (100 equivalent ACLs)
 # Topology: namespaces created here only (node + client pod + server pod,
 # 198.18.0.0/15 addresses); Palisade and HAProxy sit in the node namespace
 # behind the same nftables TPROXY redirection, transparent to the client.
 # Proxy pinned to CPU1 (one worker), load generator and backend on CPU0.
-# Metrics: max req/s (wrk, keep-alive, 50 connections), proxy CPU per
-# request -> req/s per proxy core, added latency p50/p99 at 50% of
-# Palisade-100's max (open-loop loadgen), proxy peak RSS with 1,000
-# concurrent connections.
+# Metrics:
+# - wrk (HTTP/1.1 keep-alive, 50 connections): max req/s, proxy CPU per
+#   request -> req/s per proxy core; proxy peak RSS with 1,000 concurrent
+#   connections;
+# - latency added at 50% load (Palisade-100, Palisade-1000, HAProxy-100):
+#   the loadgen's 20 connections, one request at a time each, first closed
+#   loop (the most this pattern gets through the setup), then open loop at
+#   half that rate; p50/p99 minus direct's at the same rate;
+# - h2load (h2c prior knowledge, 10 connections x 10 streams): max req/s
+#   and req/s per proxy core, HTTP/2 end to end (Palisade forwards h2 as h2;
+#   HAProxy detects the h2 preface on the same bind line and uses an h2
+#   server line for it).
 # Needs root and the Debian packages wrk nghttp2-client haproxy nftables.
 # Not run in CI.  Usage: bench/l7-proxy.sh [seconds-per-run]
 set -euo pipefail
@@ -124,10 +132,14 @@ CFG
   cat <<CFG
   http-request allow if METH_GET { path_reg ^/bench\$ }
   http-request deny deny_status 403
+  use_backend be_h2 if { req.ver 2.0 }
   default_backend be
 backend be
   source 0.0.0.0 usesrc clientip
   server s1 $SRV_IP:80
+backend be_h2
+  source 0.0.0.0 usesrc clientip
+  server s1 $SRV_IP:80 proto h2
 CFG
 }
 tproxy_table() { # port
@@ -159,31 +171,72 @@ wait_port_ok() { # wait until a request through the path answers 200
 check_denied() { # the proxy is in the path: a path no rule allows gets 403
   local code
   code=$(ip netns exec $CLI curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://$SRV_IP/not-allowed || true)
-  [ "$code" = 403 ] || { echo "$1 is not in the path (GET /not-allowed -> $code)" >&2; exit 1; }
+  [ "$code" = 403 ] || { echo "$1 is not in the path (GET /not-allowed -> $code)" >&2; redirect_state >&2; exit 1; }
+}
+redirect_state() { # what the node namespace redirects with (on failure)
+  ip -n $NODE rule; ip -n $NODE route show table 2004; ip netns exec $NODE nft list ruleset
+}
+check_denied_h2() { # the same over h2c prior knowledge
+  local codes
+  codes=$(taskset -c 0 ip netns exec $CLI h2load -n1 -c1 http://$SRV_IP/not-allowed 2>/dev/null | awk '/^status codes:/{print $7}')
+  [ "$codes" = 1 ] || { echo "$1 does not deny over h2c (4xx count: ${codes:-none})" >&2; redirect_state >&2; exit 1; }
 }
 wrk_rps() { # -> rps
   taskset -c 0 ip netns exec $CLI wrk -t1 -c50 -d${DUR}s --latency http://$SRV_IP/bench 2>/dev/null \
     | awk '/Requests\/sec/{print $2}'
 }
+h2_rps() { # -> "rps failed-or-non-2xx" (h2c prior knowledge, 10 connections x 10 streams)
+  taskset -c 0 ip netns exec $CLI h2load -t1 -c10 -m10 -D $DUR --warm-up-time=1s http://$SRV_IP/bench 2>/dev/null \
+    | awk '/^finished in/{r=$4} /^requests:/{bad+=$10} /^status codes:/{bad+=$5+$7+$9} END{printf "%.2f %d\n", r, bad}'
+}
 HZ=$(getconf CLK_TCK)
-declare -A RPS CORE P50 P99 RSS
-measure() { # name pid
+declare -A RPS CORE CORE_N P50 P99 RSS H2RPS H2CORE H2CORE_N H2BAD LMAX LRATE DP50 DP99
+per_core() { # rps ticks seconds -> "req/s-per-core cpu%" (or "- -")
+  awk -v r=$1 -v d=$2 -v hz=$HZ -v s=$3 'BEGIN{u=d/hz/s; if(u>0) printf "%.0f %.0f\n", r/u, u*100; else print "- -"}'
+}
+measure() { # name pid: wrk (HTTP/1.1) then h2load (h2c)
   local name=$1 pid=$2
-  local t0 t1 rps
+  local t0 t1 rps bad pc cpu
   t0=$(cpu_ticks $pid 2>/dev/null || echo 0)
   rps=$(wrk_rps)
   t1=$(cpu_ticks $pid 2>/dev/null || echo 0)
   RPS[$name]=$rps
+  CORE[$name]="-"; CORE_N[$name]=""
   if [ "$pid" != 0 ]; then
-    CORE[$name]=$(awk -v r=$rps -v d=$((t1-t0)) -v hz=$HZ -v s=$DUR 'BEGIN{u=d/hz/s; if(u>0) printf "%.0f (%.0f%% CPU)", r/u, u*100; else print "-"}')
-  else CORE[$name]="-"; fi
+    read -r pc cpu < <(per_core $rps $((t1-t0)) $DUR)
+    [ "$pc" = - ] || { CORE[$name]="$pc ($cpu% CPU)"; CORE_N[$name]=$pc; }
+  fi
+  t0=$(cpu_ticks $pid 2>/dev/null || echo 0)
+  read -r rps bad < <(h2_rps)
+  t1=$(cpu_ticks $pid 2>/dev/null || echo 0)
+  H2RPS[$name]=$rps; H2BAD[$name]=$bad
+  H2CORE[$name]="-"; H2CORE_N[$name]=""
+  if [ "$pid" != 0 ]; then
+    # the CPU window includes h2load's 1 s warm-up at the same load
+    read -r pc cpu < <(per_core $rps $((t1-t0)) $((DUR+1)))
+    [ "$pc" = - ] || { H2CORE[$name]="$pc ($cpu% CPU)"; H2CORE_N[$name]=$pc; }
+  fi
 }
-latency() { # name rate -> p50 p99 (us)
-  read -r _ _ p50 p99 < <(taskset -c 0 ip netns exec $CLI $BIN/examples/loadgen $SRV_IP:80 /bench $2 20 $DUR)
-  P50[$1]=$p50; P99[$1]=$p99
+loadgen() { # rate -> "p50 p99" (us; open loop, 20 connections)
+  local p50 p99
+  read -r _ _ p50 p99 < <(taskset -c 0 ip netns exec $CLI $BIN/examples/loadgen $SRV_IP:80 /bench $1 20 $DUR)
+  echo "$p50 $p99"
+}
+latency() { # name: at 50% load = half the most the loadgen's own pattern gets through
+  local ok
+  read -r _ ok _ _ < <(taskset -c 0 ip netns exec $CLI $BIN/examples/loadgen $SRV_IP:80 /bench max 20 $DUR)
+  LMAX[$1]=$(awk -v n=$ok -v s=$DUR 'BEGIN{printf "%d", n/s}')
+  LRATE[$1]=$(( LMAX[$1] / 2 ))
+  read -r P50[$1] P99[$1] < <(loadgen ${LRATE[$1]})
+}
+alive() { # name pid: stop the run if the proxy under test died
+  kill -0 $2 2>/dev/null && return 0
+  local rc=0; wait $2 || rc=$?
+  echo "$1: the proxy (pid $2) died, exit status $rc" >&2; exit 1
 }
 rss_1000() { # name pid
   taskset -c 0 ip netns exec $CLI wrk -t1 -c1000 -d4s http://$SRV_IP/bench >/dev/null 2>&1 || true
+  alive $1 $2
   RSS[$1]="$(( $(rss_peak_kb $2) / 1024 )) MB"
 }
 
@@ -195,9 +248,24 @@ measure direct 0
 RSS[direct]="-"
 
 # --- Palisade -------------------------------------------------------------
+# `palisade` restores SIGPIPE's default action for every subcommand (so that
+# `palisade ... | head` exits quietly), which also applies to `palisade
+# proxy`: a client that closes its connection while the proxy writes to it
+# (hyper uses writev, without MSG_NOSIGNAL) kills the proxy. Until the CLI
+# keeps SIGPIPE ignored for its daemons, the proxy starts with SIGPIPE
+# blocked (the mask survives exec and `signal(SIG_DFL)`): writes then fail
+# with EPIPE, as they do under Rust's default.
+# (An array, not a function: a backgrounded simple command is exec'd, so $!
+# is the proxy's own pid.)
+NOSIGPIPE=(python3 -c 'import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
+os.execvp(sys.argv[1], sys.argv[1:])')
 run_palisade() { # name rules
+  if ip netns exec $NODE nft list table ip palisade_proxy >/dev/null 2>&1; then
+    echo "$1: a previous proxy left its table behind" >&2; exit 1
+  fi
   mkdir -p $WORK/m-$2; { cluster; policy $2; } > $WORK/m-$2/all.yaml
-  taskset -c 1 $PAL proxy --manifests $WORK/m-$2 --node-netns $NODE --workers 1 --quiet --log warn &
+  "${NOSIGPIPE[@]}" taskset -c 1 $PAL proxy --manifests $WORK/m-$2 --node-netns $NODE --workers 1 --quiet --log warn &
   local pid=$!; PIDS+=($pid)
   for _ in $(seq 1 600); do # the proxy installs its table once its policy is built
     ip netns exec $NODE nft list table ip palisade_proxy >/dev/null 2>&1 && break
@@ -205,17 +273,21 @@ run_palisade() { # name rules
     sleep 0.1
   done
   wait_port_ok
-  [ "$2" = 0 ] || check_denied $1
+  [ "$2" = 0 ] || { check_denied $1; check_denied_h2 $1; }
   measure $1 $pid
+  alive $1 $pid
   eval "PID_$2=$pid"
 }
 stop() { kill $1 2>/dev/null || true; wait $1 2>/dev/null || true; }
 run_palisade palisade-allow-all 0; stop $PID_0
 run_palisade palisade-10 10; stop $PID_10
-run_palisade palisade-1000 1000; stop $PID_1000
+run_palisade palisade-1000 1000
+latency palisade-1000
+alive palisade-1000 $PID_1000
+stop $PID_1000
 run_palisade palisade-100 100
-RATE=$(awk -v r=${RPS[palisade-100]} 'BEGIN{printf "%d", r/2}')
-latency palisade-100 $RATE
+latency palisade-100
+alive palisade-100 $PID_100
 rss_1000 palisade-100 $PID_100
 stop $PID_100
 
@@ -224,24 +296,52 @@ haproxy_cfg 100 > $WORK/haproxy.cfg
 haproxy -c -q -f $WORK/haproxy.cfg
 tproxy_table 15002
 taskset -c 1 ip netns exec $NODE haproxy -db -f $WORK/haproxy.cfg >$WORK/haproxy.log 2>&1 & HPID=$!; PIDS+=($HPID)
+# Until HAProxy listens, TPROXY finds no socket and the request goes
+# straight to the server (a 200 that proves nothing): wait for the socket.
+for _ in $(seq 1 200); do
+  ip netns exec $NODE ss -Hltn 'sport = :15002' | grep -q . && break
+  kill -0 $HPID 2>/dev/null || { echo "haproxy exited:" >&2; cat $WORK/haproxy.log >&2; exit 1; }
+  sleep 0.05
+done
 wait_port_ok
 check_denied haproxy-100
+check_denied_h2 haproxy-100
 measure haproxy-100 $HPID
-latency haproxy-100 $RATE
+latency haproxy-100
 rss_1000 haproxy-100 $HPID
 stop $HPID
 ip netns exec $NODE nft delete table ip plb_bench
 
-latency direct $RATE
-
-# --- table ----------------------------------------------------------------
-echo
-echo "L7 proxy benchmark ($(nproc) vCPU, ${DUR}s runs; wrk -c50 keep-alive; latency at $RATE req/s = 50% of Palisade-100 max)"
-printf "| %-20s | %10s | %-26s | %9s | %9s | %9s | %9s | %-10s |\n" setup "req/s" "req/s per proxy core" "p50 us" "p99 us" "+p50 us" "+p99 us" "RSS@1000c"
-printf "|%s|\n" "----------------------|------------|----------------------------|-----------|-----------|-----------|-----------|------------"
-for n in "${ORDER[@]}"; do
-  p50=${P50[$n]:-}; p99=${P99[$n]:-}
-  a50=-; a99=-
-  if [ -n "$p50" ] && [ "$n" != direct ]; then a50=$(( p50 - ${P50[direct]} )); a99=$(( p99 - ${P99[direct]} )); fi
-  printf "| %-20s | %10s | %-26s | %9s | %9s | %9s | %9s | %-10s |\n" $n "${RPS[$n]:-}" "${CORE[$n]:-}" "${p50:--}" "${p99:--}" $a50 $a99 "${RSS[$n]:--}"
+LAT_ORDER=(palisade-100 palisade-1000 haproxy-100)
+for n in "${LAT_ORDER[@]}"; do # direct at each rate, for the added latency
+  read -r DP50[$n] DP99[$n] < <(loadgen ${LRATE[$n]})
 done
+
+# --- tables ---------------------------------------------------------------
+echo
+echo "L7 proxy benchmark ($(nproc) vCPU, ${DUR}s runs; proxy on CPU1, load and backend on CPU0)"
+echo "wrk -t1 -c50, HTTP/1.1 keep-alive"
+printf "| %-20s | %10s | %-26s | %-10s |\n" setup "req/s" "req/s per proxy core" "RSS@1000c"
+printf "|%s|\n" "----------------------|------------|----------------------------|------------"
+for n in "${ORDER[@]}"; do
+  printf "| %-20s | %10s | %-26s | %-10s |\n" $n "${RPS[$n]:-}" "${CORE[$n]:-}" "${RSS[$n]:--}"
+done
+echo
+echo "Latency at 50% load: loadgen, 20 connections, one request at a time each; max = closed loop;"
+echo "then open loop at max/2, timed from each request's scheduled send; direct at the same rate"
+printf "| %-20s | %9s | %9s | %9s | %9s | %9s | %9s | %9s | %9s |\n" setup "max" "req/s" "p50 us" "p99 us" "direct 50" "direct 99" "+p50 us" "+p99 us"
+printf "|%s|\n" "----------------------|-----------|-----------|-----------|-----------|-----------|-----------|-----------|-----------"
+for n in "${LAT_ORDER[@]}"; do
+  printf "| %-20s | %9s | %9s | %9s | %9s | %9s | %9s | %9s | %9s |\n" $n "${LMAX[$n]}" "${LRATE[$n]}" "${P50[$n]}" "${P99[$n]}" "${DP50[$n]}" "${DP99[$n]}" \
+    $(( P50[$n] - DP50[$n] )) $(( P99[$n] - DP99[$n] ))
+done
+echo
+echo "h2load, h2c prior knowledge end to end (-t1 -c10 -m10, ${DUR}s after 1s warm-up)"
+printf "| %-20s | %10s | %-26s | %8s |\n" setup "req/s" "req/s per proxy core" "not 2xx"
+printf "|%s|\n" "----------------------|------------|----------------------------|----------"
+for n in "${ORDER[@]}"; do
+  printf "| %-20s | %10s | %-26s | %8s |\n" $n "${H2RPS[$n]:-}" "${H2CORE[$n]:-}" "${H2BAD[$n]:--}"
+done
+echo
+ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a=$1 -v b=$2 'BEGIN{printf "%.0f%%", 100*a/b}' || echo n/a; }
+echo "Palisade-100 efficiency relative to HAProxy-100 (req/s per proxy core): wrk $(ratio "${CORE_N[palisade-100]}" "${CORE_N[haproxy-100]}"), h2load $(ratio "${H2CORE_N[palisade-100]}" "${H2CORE_N[haproxy-100]}")"

@@ -12,13 +12,14 @@
 //!
 //! `http_rules` isolates the matcher of one list on `GET /bench`: the
 //! compiled index (`HttpRules::any_match`, what `l7_verdict` uses) side by
-//! side with the rule-by-rule scan of `HttpRule::matches` it replaced.
+//! side with the rule-by-rule scan of `HttpRule::matches` it replaced,
+//! and what compiling the index costs (once per list).
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use palisade_policy::api::{Direction, L7Kind, L7Rules};
 use palisade_policy::engine::Engine;
 use palisade_policy::identity::NumericIdentity;
-use palisade_policy::l7::{HttpRequest, L7Request};
+use palisade_policy::l7::{HttpRequest, HttpRule, HttpRules, L7Request};
 use palisade_policy::manifest::{Options, parse_file};
 use palisade_policy::mapstate::{L7Part, PolicyMap};
 use palisade_policy::trace::l7_verdict;
@@ -159,6 +160,19 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("scan", rules), &req, |b, req| {
             b.iter(|| list.iter().any(|r| r.matches(black_box(req))))
+        });
+        // What the index costs to build, once per list (the proxy builds it
+        // with its snapshot; trace on first use).
+        let plain: Vec<HttpRule> = list.to_vec();
+        g.bench_function(BenchmarkId::new("compile", rules), |b| {
+            b.iter_batched(
+                || HttpRules::new(plain.clone()),
+                |l| {
+                    l.prepare();
+                    l
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     g.finish();

@@ -1,11 +1,15 @@
 //! Open-loop HTTP/1.1 load at a fixed rate for `bench/l7-proxy.sh`:
 //! latency is measured from each request's *scheduled* send time (no
-//! coordinated omission). Usage:
+//! coordinated omission), once every connection is open. Usage:
 //! `loadgen ADDR:PORT PATH RATE_PER_S CONNECTIONS SECONDS` → prints
-//! `sent ok p50_us p99_us`.
+//! `sent ok p50_us p99_us`. With `max` as the rate, each connection sends
+//! its next request as soon as the last is answered (closed loop, for
+//! SECONDS of wall time): `ok / SECONDS` is the most this request pattern
+//! gets through, and the percentiles are plain response times.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -16,28 +20,53 @@ fn main() {
     }
     let addr = a[1].clone();
     let path = a[2].clone();
-    let rate: f64 = a[3].parse().unwrap_or(1000.0);
+    let closed = a[3] == "max";
+    let rate: f64 = if closed {
+        f64::INFINITY
+    } else {
+        a[3].parse().unwrap_or(1000.0)
+    };
     let conns: usize = a[4].parse().unwrap_or(10);
     let secs: f64 = a[5].parse().unwrap_or(5.0);
     let per_conn = Duration::from_secs_f64(conns as f64 / rate);
-    let start = Instant::now() + Duration::from_millis(100);
-    let end = start + Duration::from_secs_f64(secs);
+    // Every connection is open before the schedule starts, so that a slow
+    // connect is not counted as request latency.
+    let connected = Arc::new(Barrier::new(conns + 1));
+    let start_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let go = Arc::new(Barrier::new(conns + 1));
     let threads: Vec<_> = (0..conns)
         .map(|i| {
             let addr = addr.clone();
+            let (connected, start_at, go) = (connected.clone(), start_at.clone(), go.clone());
             let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
             std::thread::spawn(move || {
+                // Sleep until each send time with 1 ns of timer slack
+                // (the default 50 us would count as latency).
+                // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this
+                // thread's timer slack.
+                unsafe {
+                    libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+                }
                 let mut lat = Vec::new();
                 let mut sent = 0u64;
-                let Ok(mut s) = TcpStream::connect(&addr) else {
+                let stream = TcpStream::connect(&addr);
+                connected.wait();
+                go.wait();
+                let Ok(mut s) = stream else {
                     return (sent, lat);
                 };
+                let Some(&start) = start_at.get() else {
+                    return (sent, lat);
+                };
+                let end = start + Duration::from_secs_f64(secs);
                 let _ = s.set_nodelay(true);
                 let mut buf = vec![0u8; 4096];
                 let mut due = start + per_conn.mul_f64(i as f64 / conns as f64);
                 while due < end {
                     let now = Instant::now();
-                    if due > now {
+                    if closed {
+                        due = now;
+                    } else if due > now {
                         std::thread::sleep(due - now);
                     }
                     sent += 1;
@@ -54,6 +83,9 @@ fn main() {
             })
         })
         .collect();
+    connected.wait();
+    let _ = start_at.set(Instant::now() + Duration::from_millis(10));
+    go.wait();
     let mut all = Vec::new();
     let mut sent = 0;
     for t in threads {
