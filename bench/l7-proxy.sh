@@ -248,24 +248,14 @@ measure direct 0
 RSS[direct]="-"
 
 # --- Palisade -------------------------------------------------------------
-# `palisade` restores SIGPIPE's default action for every subcommand (so that
-# `palisade ... | head` exits quietly), which also applies to `palisade
-# proxy`: a client that closes its connection while the proxy writes to it
-# (hyper uses writev, without MSG_NOSIGNAL) kills the proxy. Until the CLI
-# keeps SIGPIPE ignored for its daemons, the proxy starts with SIGPIPE
-# blocked (the mask survives exec and `signal(SIG_DFL)`): writes then fail
-# with EPIPE, as they do under Rust's default.
-# (An array, not a function: a backgrounded simple command is exec'd, so $!
-# is the proxy's own pid.)
-NOSIGPIPE=(python3 -c 'import os, signal, sys
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
-os.execvp(sys.argv[1], sys.argv[1:])')
+# `palisade proxy` keeps SIGPIPE ignored (a client closing mid-write costs
+# its connection, not the process); the bench used to block it as a workaround.
 run_palisade() { # name rules
   if ip netns exec $NODE nft list table ip palisade_proxy >/dev/null 2>&1; then
     echo "$1: a previous proxy left its table behind" >&2; exit 1
   fi
   mkdir -p $WORK/m-$2; { cluster; policy $2; } > $WORK/m-$2/all.yaml
-  "${NOSIGPIPE[@]}" taskset -c 1 $PAL proxy --manifests $WORK/m-$2 --node-netns $NODE --workers 1 --quiet --log warn &
+  taskset -c 1 $PAL proxy --manifests $WORK/m-$2 --node-netns $NODE --workers 1 --quiet --log warn &
   local pid=$!; PIDS+=($pid)
   for _ in $(seq 1 600); do # the proxy installs its table once its policy is built
     ip netns exec $NODE nft list table ip palisade_proxy >/dev/null 2>&1 && break

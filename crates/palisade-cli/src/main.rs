@@ -77,14 +77,23 @@ impl FeatureArgs {
 }
 
 fn main() -> ExitCode {
-    // Exit quietly when the reader of our output goes away (`| head`),
-    // as command-line tools do, instead of panicking on a broken pipe.
-    // SAFETY: restoring the default disposition of SIGPIPE before any
-    // thread starts has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Short-lived commands exit quietly when the reader of their output
+    // goes away (`| head`), as command-line tools do, instead of panicking
+    // on a broken pipe. The servers (agent, lab, proxy, service map) keep
+    // SIGPIPE ignored: a peer that closes mid-response must cost one
+    // connection (EPIPE), never the process.
+    let serves = matches!(
+        cli.command,
+        Command::Agent(_) | Command::Lab(_) | Command::Proxy(_) | Command::Servicemap(_)
+    );
+    if !serves {
+        // SAFETY: setting the disposition of SIGPIPE before any thread
+        // starts has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Policy(c) => cmd::run_policy(c),
         Command::Agent(a) => cmd::agent::run(a),

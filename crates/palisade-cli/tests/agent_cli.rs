@@ -330,6 +330,16 @@ fn agent_pods_policy_invalid_updates_and_sigkill() {
 
 const L7_POLICY: &str = include_str!("data/example-policy-l7.yaml");
 
+/// Whether `pid`'s SigIgn mask holds SIGPIPE.
+fn ignores_sigpipe(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGPIPE - 1)) != 0)
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -374,6 +384,13 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     assert!(enforced("/public", "/private"), "L7 policy enforced");
     let proxy = env.proxy_status().expect("proxy status").pid;
     assert!(pid_alive(proxy));
+
+    // A peer that resets mid-response costs a connection (EPIPE), never
+    // the process: the proxy and the agent ignore SIGPIPE.
+    let agent_pid = env.child.as_ref().expect("agent").id();
+    for (what, pid) in [("proxy", proxy), ("agent", agent_pid)] {
+        assert!(ignores_sigpipe(pid), "the {what} ignores SIGPIPE");
+    }
 
     // The agent dies: the proxy keeps enforcing, new connections included.
     env.kill_agent();
