@@ -427,10 +427,18 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
         let _ = ready.send(Err(e));
         return;
     }
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = opts.workers {
-        b.worker_threads(n.max(1));
-    }
+    // One worker: a current-thread runtime, so a request's wakeups stay on
+    // the one thread that serves it (no hand-off between a driver and a
+    // worker). More: the work-stealing runtime.
+    let mut b = if opts.workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = opts.workers {
+            b.worker_threads(n.max(1));
+        }
+        b
+    };
     let rt = match b.enable_all().thread_name("palisade-proxy-w").build() {
         Ok(rt) => rt,
         Err(e) => {
