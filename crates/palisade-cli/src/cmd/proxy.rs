@@ -10,10 +10,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub const AFTER_HELP: &str = "The agent writes its policy feed (JSON: localNode, endpoints, manifests) to a file and \
-replaces it atomically; the proxy reloads it when it changes (and on SIGHUP). SIGINT/SIGTERM stop the proxy \
-and remove its nftables table and routing.\n\nExamples:\n  palisade proxy --feed /var/lib/palisade/proxy-feed.json --node-netns palisade-node\n  \
-palisade proxy --manifests lab/ --node-netns palisade-node --records -";
+pub const AFTER_HELP: &str = "`palisade agent --l7-proxy` starts and supervises this process itself (files in \
+STATE_DIR/l7-proxy/: feed.json, status.json, records.sock, proxy.log) and adopts it after an agent restart; run it \
+by hand only to use it standalone. The feed (JSON: localNode, endpoints, files + documents, fqdns) is replaced \
+atomically; the proxy reloads it when it changes and on SIGHUP, and an invalid feed is rejected whole (the previous \
+policy stays, the status file says why). SIGINT/SIGTERM stop the proxy and remove its nftables table and routing \
+(with the agent's fail-closed guard in place, redirected traffic then gets no answer).\n\nExamples:\n  \
+palisade proxy --manifests lab/ --node-netns palisade-node --records -\n  \
+palisade proxy --feed /var/lib/palisade/l7-proxy/feed.json --node-netns palisade-node --status-file /tmp/proxy-status.json";
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
