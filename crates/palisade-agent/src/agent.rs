@@ -2088,8 +2088,11 @@ impl Shared {
         self.update_map_pressure(st, st.pods.keys());
         // A client connects right after the DNS answer: the HTTP proxy must
         // know the name's identity by then (short bound: the DNS proxy
-        // holds the answer meanwhile).
-        self.feed_proxy_process(st, Duration::from_millis(500));
+        // holds the answer meanwhile). With no HTTP rule anywhere, no
+        // traffic reaches it: the next full reconciliation carries the names.
+        if !palisade_proxy::redirect::targets_of(&st.engine).is_empty() {
+            self.feed_proxy_process(st, Duration::from_millis(500));
+        }
         self.feed_l7_extra(&st.engine, false);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
