@@ -6,7 +6,9 @@
 //! it; after resolving it through the agent's DNS proxy the very first
 //! connection is allowed (learned before the answer is released). A name
 //! the DNS rule does not allow gets REFUSED, the cache is served by
-//! `fqdn-cache-list`, and the queries are L7 DNS flows.
+//! `fqdn-cache-list`, and the queries are L7 DNS flows. HTTP rules on the
+//! learned name are enforced by the agent's L7 proxy process, which gets
+//! the learned names in its feed.
 
 #[path = "../../palisade-agent/tests/common/mod.rs"]
 mod common;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use common::*;
 use palisade_agent::Agent;
 use palisade_agent::api::Request;
-use palisade_agent::traffic::{Outcome, Servers, tcp_probe, wait_until};
+use palisade_agent::traffic::{HttpServer, Outcome, Servers, http_request, tcp_probe, wait_until};
 use palisade_datapath::netns::{self, PodSpec};
 use palisade_flow::flow::{FlowType, Verdict};
 use palisade_proxy::dns::CacheRow;
@@ -46,6 +48,12 @@ spec:
         - matchName: api.example.com
       toPorts:
         - ports: [{port: "8080", protocol: TCP}]
+    - toFQDNs:
+        - matchName: api.example.com
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/v1/.*"}]
 "#;
 
 /// dnsmasq in a namespace; killed (and its directory removed) on drop.
@@ -136,6 +144,7 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     )
     .expect("world namespace");
     let _srv = Servers::start(&world_ns, &[PORT], &[]).expect("server");
+    let _http = HttpServer::start(&world_ns, 80).expect("http server");
 
     let (dns_ns, dns_ip) = pod(&agent, "kube-system", "coredns", &[("k8s-app", "kube-dns")]);
     let (client_ns, _) = pod(&agent, "default", "client", &[("app", "client")]);
@@ -171,6 +180,22 @@ fn to_fqdns_through_the_agents_dns_proxy() {
         })
         .collect();
     assert_eq!(ips, vec![IpAddr::V4(API_IP)]);
+    // HTTP to the learned name: the proxy process knows its identity
+    let get = |path: &str| {
+        http_request(
+            &client_ns,
+            API_IP,
+            80,
+            "GET",
+            path,
+            &[],
+            Duration::from_secs(2),
+        )
+        .map(|a| a.status)
+        .unwrap_or(0)
+    };
+    assert_eq!(get("/v1/items"), 200);
+    assert_eq!(get("/admin"), 403);
 
     // a name the DNS rule does not allow: REFUSED by the proxy
     let q = wire::build_query(7, "evil.example.net", wire::TYPE_A, None);
