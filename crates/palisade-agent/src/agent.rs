@@ -66,8 +66,6 @@ struct State {
 #[derive(Default)]
 struct Attribution {
     cookies: BTreeMap<u32, RuleRef>,
-    /// ep_id -> (pod key, ingress selected_by, egress selected_by)
-    endpoints: BTreeMap<u32, (String, String, String)>,
     /// Peers, identities and selecting policies for flows.
     book: PeerBook,
 }
@@ -806,7 +804,7 @@ impl Shared {
         self.update_map_pressure(st, st.pods.keys());
         // The proxy process installs its redirect sets itself: wait
         // (bounded) so that a change is enforced when this returns.
-        self.feed_proxy_process(st, Duration::from_secs(3));
+        self.feed_proxy_process(st, Duration::from_secs(3), false);
         self.feed_l7_extra(&st.engine, true);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
@@ -815,30 +813,6 @@ impl Shared {
             st.full.as_ref(),
             st.pods.values().map(|r| (r.key(), r.ip, r.ep_id)),
         );
-        attr.endpoints.clear();
-        for rec in st.pods.values() {
-            let sel = |d: palisade_policy::api::Direction| {
-                st.engine
-                    .endpoint_map(&rec.key())
-                    .map(|m| {
-                        m.enforcement(d)
-                            .selected_by
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default()
-            };
-            attr.endpoints.insert(
-                rec.ep_id,
-                (
-                    rec.key(),
-                    sel(palisade_policy::api::Direction::Ingress),
-                    sel(palisade_policy::api::Direction::Egress),
-                ),
-            );
-        }
     }
 
     /// The feed of the proxy process: what the engines are built from.
@@ -865,9 +839,14 @@ impl Shared {
         )
     }
 
-    /// Writes the proxy process's feed (when it runs) and waits up to
-    /// `wait` until it enforces it.
-    fn feed_proxy_process(&self, st: &State, wait: Duration) {
+    /// Writes the proxy process's feed (when it runs and the feed changed)
+    /// and waits up to `wait` until it enforces it, then updates the guard.
+    /// With `only_with_http`, nothing is done while no HTTP rule exists.
+    fn feed_proxy_process(&self, st: &State, wait: Duration, only_with_http: bool) {
+        let targets = palisade_proxy::redirect::targets_of(&st.engine);
+        if only_with_http && targets.is_empty() {
+            return;
+        }
         let mut g = self.proxy.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = g.as_mut() else {
             return;
@@ -881,14 +860,13 @@ impl Shared {
             Err(e) => tracing::error!(error = %e, "feeding the L7 proxy"),
         }
         drop(g);
-        self.update_l7_guard(&st.engine);
+        self.update_l7_guard(targets);
     }
 
     /// Keeps the fail-closed guard (forwarded packets of a redirect target
     /// are dropped: only what the proxy takes gets through) equal to the
     /// enforced policy's redirect targets.
-    fn update_l7_guard(&self, engine: &Engine) {
-        let targets = palisade_proxy::redirect::targets_of(engine);
+    fn update_l7_guard(&self, targets: BTreeSet<palisade_proxy::redirect::Target>) {
         let mut g = self.l7_guard.lock().unwrap_or_else(|p| p.into_inner());
         if g.as_ref() == Some(&targets) {
             return;
@@ -932,7 +910,7 @@ impl Shared {
             "L7 proxy process running in the node namespace"
         );
         *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(process);
-        self.update_l7_guard(&self.lock().engine);
+        self.update_l7_guard(palisade_proxy::redirect::targets_of(&self.lock().engine));
         let mut threads = Vec::new();
         let me = self.clone();
         let sock = crate::l7proc::L7Process::records_path(&dir);
@@ -1127,29 +1105,6 @@ impl Shared {
                 .filter(|r| touched.contains(&r.key()))
                 .map(|r| (r.key(), r.ip, r.ep_id)),
         );
-        for rec in st.pods.values().filter(|r| touched.contains(&r.key())) {
-            let sel = |d: palisade_policy::api::Direction| {
-                st.engine
-                    .endpoint_map(&rec.key())
-                    .map(|m| {
-                        m.enforcement(d)
-                            .selected_by
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default()
-            };
-            attr.endpoints.insert(
-                rec.ep_id,
-                (
-                    rec.key(),
-                    sel(palisade_policy::api::Direction::Ingress),
-                    sel(palisade_policy::api::Direction::Egress),
-                ),
-            );
-        }
     }
 
     /// A local pod was removed (`st.pods` no longer holds it):
@@ -1439,22 +1394,36 @@ impl Shared {
         }
     }
 
-    fn attribute(&self, ev: &DatapathEvent) -> (String, String) {
-        let attr = self.attribution.read().unwrap_or_else(|p| p.into_inner());
-        let ep = attr.endpoints.get(&ev.ep_id);
-        let endpoint = ep
-            .map(|e| e.0.clone())
+    /// The event log's endpoint and rule texts of `ev`, from the same
+    /// tables as its flow.
+    fn attribute(attr: &Attribution, ev: &DatapathEvent) -> (String, String) {
+        let ingress = ev.direction == palisade_datapath::Direction::Ingress;
+        let local = if ingress { ev.daddr } else { ev.saddr };
+        let endpoint = attr
+            .book
+            .pods_by_ip
+            .get(&local)
+            .filter(|p| p.ep_id == ev.ep_id)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
             .unwrap_or_else(|| format!("endpoint {}", ev.ep_id));
         let rule = if ev.verdict == DpVerdict::Dropped
             && ev.drop_reason == palisade_datapath::DROP_POLICY
         {
-            let sel = ep.map(|e| match ev.direction {
-                palisade_datapath::Direction::Ingress => e.1.clone(),
-                palisade_datapath::Direction::Egress => e.2.clone(),
-            });
+            let sel = attr
+                .book
+                .selected_by
+                .get(&ev.ep_id)
+                .map(|(i, e)| if ingress { i } else { e })
+                .filter(|s| !s.is_empty());
             match sel {
-                Some(s) if !s.is_empty() => format!("default deny, selected by {s}"),
-                _ => "default deny (no endpoint policy)".to_string(),
+                Some(s) => format!(
+                    "default deny, selected by {}",
+                    s.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "default deny (no endpoint policy)".to_string(),
             }
         } else if ev.cookie == 0 {
             String::new()
@@ -1468,19 +1437,16 @@ impl Shared {
     }
 
     fn record_event(&self, ev: &DatapathEvent) {
-        {
-            let attr = self.attribution.read().unwrap_or_else(|p| p.into_inner());
-            let ve = attr.book.verdict_event(
-                ev,
-                &attr.cookies,
-                &self.config.node_name,
-                crate::flows::wall_ns(ev.timestamp_ns),
-            );
-            drop(attr);
-            self.flows
-                .push(palisade_flow::record::flow_from_verdict(&ve));
-        }
-        let (endpoint, rule) = self.attribute(ev);
+        let attr = self.attribution.read().unwrap_or_else(|p| p.into_inner());
+        let ve = attr.book.verdict_event(
+            ev,
+            &attr.cookies,
+            &self.config.node_name,
+            crate::flows::wall_ns(ev.timestamp_ns),
+        );
+        let (endpoint, rule) = Self::attribute(&attr, ev);
+        drop(attr);
+        self.flows.push(ve.into_flow());
         if ev.verdict == DpVerdict::Dropped {
             tracing::debug!(%endpoint, src = %ev.saddr, dst = %ev.daddr, dport = ev.dport, reason = ev.drop_reason, %rule, "drop");
         }
@@ -2090,9 +2056,7 @@ impl Shared {
         // know the name's identity by then (short bound: the DNS proxy
         // holds the answer meanwhile). With no HTTP rule anywhere, no
         // traffic reaches it: the next full reconciliation carries the names.
-        if !palisade_proxy::redirect::targets_of(&st.engine).is_empty() {
-            self.feed_proxy_process(st, Duration::from_millis(500));
-        }
+        self.feed_proxy_process(st, Duration::from_millis(500), true);
         self.feed_l7_extra(&st.engine, false);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));

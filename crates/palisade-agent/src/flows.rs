@@ -579,62 +579,22 @@ pub(crate) fn wall_ns(monotonic_ns: u64) -> u128 {
 /// The L7 flow of a proxy record (HTTP request/response pair).
 pub fn flow_of_l7(r: &palisade_proxy::L7Record, node_name: &str) -> Flow {
     use palisade_flow::flow::{Http, L7FlowType, Layer7};
-    let peer = |p: &palisade_proxy::L7Peer| {
-        let (namespace, pod_name) = p
-            .endpoint
-            .as_deref()
-            .and_then(|k| k.split_once('/'))
-            .map(|(n, p)| (n.to_string(), p.to_string()))
-            .unwrap_or_default();
-        Peer {
-            ip: Some(p.ip),
-            port: p.port,
-            identity: p.identity,
-            labels: p.labels.iter().cloned().collect(),
-            namespace,
-            pod_name,
-            endpoint_id: 0,
-            names: vec![],
-        }
+    let explanation = if r.rules.is_empty() && r.verdict == palisade_proxy::L7Verdict::Dropped {
+        "no L7 rule allows this request"
+    } else {
+        ""
     };
-    let verdict = match r.verdict {
-        palisade_proxy::L7Verdict::Forwarded => Verdict::Forwarded,
-        palisade_proxy::L7Verdict::Dropped => Verdict::Dropped,
-        palisade_proxy::L7Verdict::Error => Verdict::Error,
-    };
-    let ev = VerdictEvent {
-        time_ns: r
-            .time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-        node_name: node_name.to_string(),
-        source: peer(&r.source),
-        destination: peer(&r.destination),
-        protocol: 6,
-        ingress: r.direction != Some(Direction::Egress),
-        verdict,
-        drop_reason: if verdict == Verdict::Dropped { 181 } else { 0 },
-        attribution: Attribution {
-            rules: r.rules.clone(),
-            default_deny_selected_by: vec![],
-            explanation: if r.rules.is_empty() && verdict == Verdict::Dropped {
-                "no L7 rule allows this request".into()
-            } else {
-                String::new()
-            },
-        },
-        ..Default::default()
-    };
-    let mut f = palisade_flow::record::flow_from_verdict(&ev);
-    f.flow_type = FlowType::L7;
-    // An L7 flow is about a request, not a packet: no TCP flags.
-    if let Some(tcp) = f.l4.as_mut().and_then(|l| l.tcp.as_mut()) {
-        tcp.flags = None;
-    }
-    if verdict == Verdict::Dropped {
-        f.drop_reason_desc = "POLICY_DENIED".into();
-    }
+    let mut f = l7_base_flow(
+        r.time,
+        &r.source,
+        &r.destination,
+        r.direction,
+        r.verdict,
+        &r.rules,
+        explanation,
+        6,
+        node_name,
+    );
     f.l7 = Some(Layer7 {
         l7_type: if r.status.is_some() {
             L7FlowType::Response
@@ -705,8 +665,8 @@ pub(crate) fn serve_web(
     });
 }
 
-/// The flow of one L7 decision (shared by the DNS and Kafka records): the
-/// peers, verdict and deciding rules; the caller fills `l7`.
+/// The flow of one L7 decision (shared by the HTTP, DNS and Kafka
+/// records): the peers, verdict and deciding rules; the caller fills `l7`.
 #[allow(clippy::too_many_arguments)]
 fn l7_base_flow(
     time: std::time::SystemTime,
@@ -761,7 +721,7 @@ fn l7_base_flow(
         },
         ..Default::default()
     };
-    let mut f = palisade_flow::record::flow_from_verdict(&ev);
+    let mut f = ev.into_flow();
     f.flow_type = FlowType::L7;
     // An L7 flow is about a request, not a packet: no TCP flags.
     if let Some(tcp) = f.l4.as_mut().and_then(|l| l.tcp.as_mut()) {

@@ -37,6 +37,9 @@ pub struct L7Process {
     pid: u32,
     /// The revision of the last feed written.
     feed_revision: u64,
+    /// The last feed the proxy confirmed (revision cleared): an equal feed
+    /// is not written again, so the proxy does not rebuild for nothing.
+    enforced: Option<PolicyFeed>,
     /// How often the proxy had to be started again.
     pub restarts: u64,
 }
@@ -72,6 +75,7 @@ impl L7Process {
             child: None,
             pid: 0,
             feed_revision: status.as_ref().and_then(|s| s.feed_revision).unwrap_or(0),
+            enforced: None,
             restarts: 0,
         };
         let adopt = status
@@ -80,6 +84,7 @@ impl L7Process {
             .filter(|pid| p.is_our_proxy(*pid));
         feed.revision = Some(p.next_revision());
         p.write_feed(&feed)?;
+        feed.revision = None;
         match adopt {
             Some(pid) => {
                 p.pid = pid;
@@ -95,6 +100,7 @@ impl L7Process {
                 p.dir.join("proxy.log").display()
             )));
         }
+        p.enforced = Some(feed);
         Ok(p)
     }
 
@@ -186,11 +192,18 @@ impl L7Process {
 
     /// Writes a new feed (the next revision) and tells the proxy; waits
     /// (bounded) until the proxy enforces it, redirection included.
+    /// A feed equal to the one the proxy confirmed last is not written.
     pub fn update(&mut self, mut feed: PolicyFeed, wait: Duration) -> Result<bool> {
+        if self.enforced.as_ref() == Some(&feed) {
+            return Ok(true);
+        }
         feed.revision = Some(self.next_revision());
         self.write_feed(&feed)?;
         self.signal(libc::SIGHUP);
-        Ok(self.wait_enforced(wait))
+        let enforced = self.wait_enforced(wait);
+        feed.revision = None;
+        self.enforced = enforced.then_some(feed);
+        Ok(enforced)
     }
 
     fn write_feed(&self, feed: &PolicyFeed) -> Result<()> {
@@ -260,7 +273,8 @@ impl L7Process {
         f.revision = Some(self.next_revision());
         self.write_feed(&f)?;
         self.spawn()?;
-        self.wait_enforced(Duration::from_secs(10));
+        f.revision = None;
+        self.enforced = self.wait_enforced(Duration::from_secs(10)).then_some(f);
         Ok(true)
     }
 
@@ -294,6 +308,7 @@ pub fn stop_leftover(dir: &Path, program: &Path, node_netns: &str) -> Option<u32
         child: None,
         pid,
         feed_revision: 0,
+        enforced: None,
         restarts: 0,
     };
     if !p.is_our_proxy(pid) {

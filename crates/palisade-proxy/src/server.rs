@@ -420,17 +420,40 @@ where
     }
 }
 
-fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<bool>) {
-    if let Some(ns) = &opts.netns
-        && let Err(e) = crate::netns::enter(ns)
-    {
-        let _ = ready.send(Err(e));
-        return;
+/// Enters the network namespace `netns` (on this thread) and builds a
+/// proxy's runtime from `b` (its flavour and worker count), threads named
+/// `name`. Shared by the HTTP, DNS and Kafka proxies.
+pub(crate) fn enter_and_build(
+    netns: Option<&str>,
+    mut b: tokio::runtime::Builder,
+    name: &str,
+) -> Result<tokio::runtime::Runtime, ProxyError> {
+    if let Some(ns) = netns {
+        crate::netns::enter(ns)?;
     }
+    b.enable_all()
+        .thread_name(name)
+        .build()
+        .map_err(ProxyError::Runtime)
+}
+
+/// Binds the TPROXY listener on `port` (0: any) and registers it with the
+/// current runtime; returns it with its address.
+pub(crate) fn tproxy_listener(port: u16) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let std_listener = redirect::listener(port)?;
+    let local_addr = std_listener
+        .local_addr()
+        .map_err(|e| ProxyError::socket("getsockname", e))?;
+    let listener = TcpListener::from_std(std_listener)
+        .map_err(|e| ProxyError::socket("registering the listener", e))?;
+    Ok((listener, local_addr))
+}
+
+fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<bool>) {
     // One worker: a current-thread runtime, so a request's wakeups stay on
     // the one thread that serves it (no hand-off between a driver and a
     // worker). More: the work-stealing runtime.
-    let mut b = if opts.workers == Some(1) {
+    let b = if opts.workers == Some(1) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -439,10 +462,10 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
         }
         b
     };
-    let rt = match b.enable_all().thread_name("palisade-proxy-w").build() {
+    let rt = match enter_and_build(opts.netns.as_deref(), b, "palisade-proxy-w") {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(ProxyError::Runtime(e)));
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -477,28 +500,14 @@ fn run(opts: ProxyOptions, ready: ReadyTx<Shared>, shutdown: watch::Receiver<boo
             },
             (None, None) => PolicySnapshot::empty(),
         };
-        let std_listener = match redirect::listener(config.port) {
+        let (listener, local_addr) = match tproxy_listener(config.port) {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-        let local_addr = match std_listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = ready.send(Err(ProxyError::socket("getsockname", e)));
-                return;
-            }
-        };
         config.port = local_addr.port();
-        let listener = match TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(ProxyError::socket("registering the listener", e)));
-                return;
-            }
-        };
         let shared = Arc::new(Shared::new(config, opts.sink, initial, opts.status_file));
         shared.note_feed_revision(shared.policy.load().revision(), initial_feed_revision);
         if shared.config.manage_redirect {

@@ -320,38 +320,22 @@ fn run(
     ready: crate::server::ReadyTx<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if let Some(ns) = &opts.netns
-        && let Err(e) = crate::netns::enter(ns)
-    {
-        let _ = ready.send(Err(e));
-        return;
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.workers.unwrap_or(1).max(1))
-        .enable_all()
-        .thread_name("palisade-dns-w")
-        .build()
-    {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(opts.workers.unwrap_or(1).max(1));
+    let rt = match crate::server::enter_and_build(opts.netns.as_deref(), b, "palisade-dns-w") {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(ProxyError::Runtime(e)));
+            let _ = ready.send(Err(e));
             return;
         }
     };
     let table = opts.config.nft_table.clone();
     let managed = opts.config.manage_redirect;
     rt.block_on(async move {
-        let std_tcp = match crate::redirect::listener(opts.config.port) {
+        let (tcp, local_addr) = match crate::server::tproxy_listener(opts.config.port) {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let local_addr = match std_tcp.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = ready.send(Err(ProxyError::socket("getsockname", e)));
                 return;
             }
         };
@@ -365,9 +349,9 @@ fn run(
                 return;
             }
         };
-        let (tcp, udp) = match (TcpListener::from_std(std_tcp), UdpSocket::from_std(std_udp)) {
-            (Ok(t), Ok(u)) => (t, Arc::new(u)),
-            (Err(e), _) | (_, Err(e)) => {
+        let udp = match UdpSocket::from_std(std_udp) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
                 let _ = ready.send(Err(ProxyError::socket("registering the listeners", e)));
                 return;
             }

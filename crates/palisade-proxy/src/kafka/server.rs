@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 /// The default listening port.
@@ -190,45 +190,22 @@ fn run(
     ready: crate::server::ReadyTx<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if let Some(ns) = &opts.netns
-        && let Err(e) = crate::netns::enter(ns)
-    {
-        let _ = ready.send(Err(e));
-        return;
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.workers.unwrap_or(1).max(1))
-        .enable_all()
-        .thread_name("palisade-kafka-w")
-        .build()
-    {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(opts.workers.unwrap_or(1).max(1));
+    let rt = match crate::server::enter_and_build(opts.netns.as_deref(), b, "palisade-kafka-w") {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(ProxyError::Runtime(e)));
+            let _ = ready.send(Err(e));
             return;
         }
     };
     let table = opts.config.nft_table.clone();
     let managed = opts.config.manage_redirect;
     rt.block_on(async move {
-        let std_listener = match crate::redirect::listener(opts.config.port) {
+        let (listener, local_addr) = match crate::server::tproxy_listener(opts.config.port) {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let local_addr = match std_listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = ready.send(Err(ProxyError::socket("getsockname", e)));
-                return;
-            }
-        };
-        let listener = match TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(ProxyError::socket("registering the listener", e)));
                 return;
             }
         };
