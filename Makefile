@@ -23,7 +23,10 @@ build: deps
 lab: deps
 	$(CARGO) run --release --locked -p palisade -- lab
 
+# Incremental caches are of no use to a one-off build and double its size.
+test: export CARGO_INCREMENTAL ?= 0
 test: deps
+	@df -h . | awk 'NR == 2 { print "disk: " $$4 " free of " $$2 }'
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace --no-fail-fast
