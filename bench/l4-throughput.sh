@@ -22,7 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 $BIN agent --node-netns $NODE --pin-root $PIN --state-dir $T/state --manifests $T/m --socket $T/sock \
-  --pod-cidr 10.244.0.0/24 --node-name bench >$T/agent.log 2>&1 &
+  --pod-cidr 10.244.0.0/24 --node-name bench --no-l7-proxy >$T/agent.log 2>&1 &
 AGENT_PID=$!
 for i in $(seq 100); do $BIN status --socket $T/sock >/dev/null 2>&1 && break; sleep 0.1; done
 $BIN pod run default/client --labels app=client --socket $T/sock >/dev/null

@@ -464,7 +464,7 @@ impl Agent {
                 {
                     tracing::warn!(
                         pid,
-                        "stopped the L7 proxy an earlier agent left running (this agent runs without --l7-proxy)"
+                        "stopped the L7 proxy an earlier agent left running (this agent runs without L7 proxies: --no-l7-proxy)"
                     );
                 }
             }
@@ -1146,7 +1146,7 @@ impl Shared {
             }
             for p in unenforced {
                 w.push(format!(
-                    "{p}: its L7 rules are not enforced (the agent runs without --l7-proxy): the ports they cover are allowed at L3/L4 without request filtering"
+                    "{p}: its L7 rules are not enforced (the agent runs without L7 proxies: --no-l7-proxy): the ports they cover are allowed at L3/L4 without request filtering"
                 ));
             }
         }
@@ -2073,7 +2073,7 @@ impl Shared {
         match &extra.dns {
             Some(d) => Ok(d.cache().list()),
             None => Err(AgentError::NotFound(
-                "the DNS proxy is not running (start the agent with --l7-proxy)".into(),
+                "the DNS proxy is not running (the agent was started with --no-l7-proxy)".into(),
             )),
         }
     }

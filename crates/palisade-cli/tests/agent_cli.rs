@@ -359,7 +359,7 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     }
     let mut env = Env::new();
     write(&env.manifests.join("l7.yaml"), L7_POLICY);
-    env.start_agent_with(&["--l7-proxy"]);
+    env.start_agent();
     for (p, l) in [
         ("default/frontend", "app=frontend"),
         ("default/myapp", "app=myapp"),
@@ -399,7 +399,7 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     assert_eq!(get("/private"), 403);
 
     // The restarted agent adopts the same proxy and feeds it.
-    env.start_agent_with(&["--l7-proxy"]);
+    env.start_agent();
     assert_eq!(env.proxy_status().expect("status").pid, proxy, "adopted");
     let status = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
     assert!(
@@ -452,9 +452,9 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     assert_eq!(get("/private"), 0, "no answer: the guard drops it");
     assert_eq!(get("/public"), 0);
 
-    // An agent started without --l7-proxy removes the guard, and says that
+    // An agent started with --no-l7-proxy removes the guard, and says that
     // the L7 rules are unenforced.
-    env.start_agent();
+    env.start_agent_with(&["--no-l7-proxy"]);
     assert_eq!(get("/public"), 200);
     let status = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
     assert!(
@@ -463,9 +463,9 @@ fn l7_proxy_process_survives_agent_sigkill_and_is_restarted_when_it_dies() {
     );
     // and does not leave an old proxy enforcing an old policy
     env.kill_agent();
-    env.start_agent_with(&["--l7-proxy"]);
+    env.start_agent();
     let third = env.proxy_status().expect("status").pid;
     env.kill_agent();
-    env.start_agent();
+    env.start_agent_with(&["--no-l7-proxy"]);
     assert!(!pid_alive(third), "the leftover proxy was stopped");
 }

@@ -48,13 +48,19 @@ pub struct AgentArgs {
     /// /metrics. Default 127.0.0.1:9962 (loopback only); `off` disables them.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub web_listen: Option<String>,
-    /// Run the L7 proxies in the node namespace: HTTP/gRPC on 15001 as a
-    /// supervised process of its own (`palisade proxy`, state in
-    /// STATE_DIR/l7-proxy/: it keeps enforcing while the agent restarts and
-    /// is adopted by the next agent), DNS on 15053 (toFQDNs learning,
-    /// `palisade fqdn cache list`) and Kafka on 15092 inside the agent.
-    /// Their records become L7 flows.
+    /// Do not run the L7 proxies. By default the agent runs them in the node
+    /// namespace: HTTP/gRPC on 15001 as a supervised process of its own
+    /// (`palisade proxy`, state in STATE_DIR/l7-proxy/: it keeps enforcing
+    /// while the agent restarts and is adopted by the next agent), DNS on
+    /// 15053 (toFQDNs learning, `palisade fqdn cache list`) and Kafka on
+    /// 15092 inside the agent; their records become L7 flows. Without them,
+    /// policies' L7 rules are not enforced (the ports they cover are allowed
+    /// at L3/L4 only), and `palisade status` and `policy apply` say so for
+    /// every such policy.
     #[arg(long)]
+    pub no_l7_proxy: bool,
+    /// Run the L7 proxies (the default; kept for scripts that pass it).
+    #[arg(long, hide = true, conflicts_with = "no_l7_proxy")]
     pub l7_proxy: bool,
 }
 
@@ -102,7 +108,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         None => {}
     }
-    if a.l7_proxy {
+    if !a.no_l7_proxy {
         cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
     }
     live::install_stop_signals();

@@ -106,7 +106,7 @@ fn from_agent(path: &std::path::Path) -> anyhow::Result<Vec<CacheRow>> {
             .and_then(|e| e.as_str())
             .unwrap_or("unknown error");
         anyhow::bail!(
-            "the agent did not return its FQDN cache ({err}); the agent serves it when its DNS proxy runs (`palisade agent --l7-proxy`); or use --input-file with the DNS proxy's cache rows"
+            "the agent did not return its FQDN cache ({err}); the agent serves it when its DNS proxy runs (not with `palisade agent --no-l7-proxy`); or use --input-file with the DNS proxy's cache rows"
         );
     }
     Ok(serde_json::from_value(

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub const AFTER_HELP: &str = "`palisade agent --l7-proxy` starts and supervises this process itself (files in \
+pub const AFTER_HELP: &str = "`palisade agent` starts and supervises this process itself (files in \
 STATE_DIR/l7-proxy/: feed.json, status.json, records.sock, proxy.log) and adopts it after an agent restart; run it \
 by hand only to use it standalone. The feed (JSON: localNode, endpoints, files + documents, fqdns) is replaced \
 atomically; the proxy reloads it when it changes and on SIGHUP, and an invalid feed is rejected whole (the previous \
