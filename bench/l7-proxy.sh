@@ -12,7 +12,9 @@
 # - latency added at 50% load (Palisade-100, Palisade-1000, HAProxy-100):
 #   the loadgen's 20 connections, one request at a time each, first closed
 #   loop (the most this pattern gets through the setup), then open loop at
-#   half that rate; p50/p99 minus direct's at the same rate;
+#   half that rate; p50/p99 minus direct's at the same rate; then every
+#   setup at one fixed rate (FIXED_RATE, default 5,000 req/s), with the
+#   proxy on its own CPU and then moved onto the client's and server's CPU;
 # - h2load (h2c prior knowledge, 10 connections x 10 streams): max req/s
 #   and req/s per proxy core, HTTP/2 end to end (Palisade forwards h2 as h2;
 #   HAProxy detects the h2 preface on the same bind line and uses an h2
@@ -22,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-8}
+FIXED=${FIXED_RATE:-5000} # req/s of the fixed-rate latency table
 TAG=$$
 NODE=plb-node-$TAG; CLI=plb-cli-$TAG; SRV=plb-srv-$TAG
 CLI_IP=198.18.0.2; SRV_IP=198.18.0.3
@@ -190,7 +193,7 @@ h2_rps() { # -> "rps failed-or-non-2xx" (h2c prior knowledge, 10 connections x 1
     | awk '/^finished in/{r=$4} /^requests:/{bad+=$10} /^status codes:/{bad+=$5+$7+$9} END{printf "%.2f %d\n", r, bad}'
 }
 HZ=$(getconf CLK_TCK)
-declare -A RPS CORE CORE_N P50 P99 RSS H2RPS H2CORE H2CORE_N H2BAD LMAX LRATE DP50 DP99
+declare -A RPS CORE CORE_N P50 P99 RSS H2RPS H2CORE H2CORE_N H2BAD LMAX LRATE DP50 DP99 F50 F99 S50 S99
 per_core() { # rps ticks seconds -> "req/s-per-core cpu%" (or "- -")
   awk -v r=$1 -v d=$2 -v hz=$HZ -v s=$3 'BEGIN{u=d/hz/s; if(u>0) printf "%.0f %.0f\n", r/u, u*100; else print "- -"}'
 }
@@ -222,12 +225,20 @@ loadgen() { # rate -> "p50 p99" (us; open loop, 20 connections)
   read -r _ _ p50 p99 < <(taskset -c 0 ip netns exec $CLI $BIN/examples/loadgen $SRV_IP:80 /bench $1 20 $DUR)
   echo "$p50 $p99"
 }
-latency() { # name: at 50% load = half the most the loadgen's own pattern gets through
+latency() { # name pid: at 50% load = half the most the loadgen's own pattern gets through
   local ok
   read -r _ ok _ _ < <(taskset -c 0 ip netns exec $CLI $BIN/examples/loadgen $SRV_IP:80 /bench max 20 $DUR)
   LMAX[$1]=$(awk -v n=$ok -v s=$DUR 'BEGIN{printf "%d", n/s}')
   LRATE[$1]=$(( LMAX[$1] / 2 ))
   read -r P50[$1] P99[$1] < <(loadgen ${LRATE[$1]})
+  # Every setup at one fixed rate, with the proxy on its own CPU, then
+  # moved onto CPU0 beside client and server (as a node proxy shares cores
+  # with its pods): no cross-CPU wakeup per hop, which on this VM costs more
+  # than the proxy's own work.
+  read -r F50[$1] F99[$1] < <(loadgen $FIXED)
+  taskset -a -p -c 0 $2 >/dev/null
+  read -r S50[$1] S99[$1] < <(loadgen $FIXED)
+  taskset -a -p -c 1 $2 >/dev/null
 }
 alive() { # name pid: stop the run if the proxy under test died
   kill -0 $2 2>/dev/null && return 0
@@ -272,11 +283,11 @@ stop() { kill $1 2>/dev/null || true; wait $1 2>/dev/null || true; }
 run_palisade palisade-allow-all 0; stop $PID_0
 run_palisade palisade-10 10; stop $PID_10
 run_palisade palisade-1000 1000
-latency palisade-1000
+latency palisade-1000 $PID_1000
 alive palisade-1000 $PID_1000
 stop $PID_1000
 run_palisade palisade-100 100
-latency palisade-100
+latency palisade-100 $PID_100
 alive palisade-100 $PID_100
 rss_1000 palisade-100 $PID_100
 stop $PID_100
@@ -297,7 +308,7 @@ wait_port_ok
 check_denied haproxy-100
 check_denied_h2 haproxy-100
 measure haproxy-100 $HPID
-latency haproxy-100
+latency haproxy-100 $HPID
 rss_1000 haproxy-100 $HPID
 stop $HPID
 ip netns exec $NODE nft delete table ip plb_bench
@@ -306,6 +317,7 @@ LAT_ORDER=(palisade-100 palisade-1000 haproxy-100)
 for n in "${LAT_ORDER[@]}"; do # direct at each rate, for the added latency
   read -r DP50[$n] DP99[$n] < <(loadgen ${LRATE[$n]})
 done
+read -r DF50 DF99 < <(loadgen $FIXED)
 
 # --- tables ---------------------------------------------------------------
 echo
@@ -324,6 +336,14 @@ printf "|%s|\n" "----------------------|-----------|-----------|-----------|----
 for n in "${LAT_ORDER[@]}"; do
   printf "| %-20s | %9s | %9s | %9s | %9s | %9s | %9s | %9s | %9s |\n" $n "${LMAX[$n]}" "${LRATE[$n]}" "${P50[$n]}" "${P99[$n]}" "${DP50[$n]}" "${DP99[$n]}" \
     $(( P50[$n] - DP50[$n] )) $(( P99[$n] - DP99[$n] ))
+done
+echo
+echo "Latency added at a fixed $FIXED req/s (loadgen, 20 connections), direct p50 $DF50 us, p99 $DF99 us:"
+echo "proxy on CPU1 (its own), then moved onto CPU0 (shared with client and server)"
+printf "| %-20s | %12s | %12s | %12s | %12s |\n" setup "+p50 own" "+p99 own" "+p50 shared" "+p99 shared"
+printf "|%s|\n" "----------------------|--------------|--------------|--------------|--------------"
+for n in "${LAT_ORDER[@]}"; do
+  printf "| %-20s | %12s | %12s | %12s | %12s |\n" $n $(( F50[$n] - DF50 )) $(( F99[$n] - DF99 )) $(( S50[$n] - DF50 )) $(( S99[$n] - DF99 ))
 done
 echo
 echo "h2load, h2c prior knowledge end to end (-t1 -c10 -m10, ${DUR}s after 1s warm-up)"

@@ -10,7 +10,8 @@ use std::process::Command;
 /// (no connection of its own); `database → backend` forwarded and dropped on
 /// 80 and only audited on 3306, and `backend → database` back; every pair
 /// connected, so that on a ring two edges cross (and would share their
-/// middle, labels included).
+/// middle, labels included); `backend → cache` also had one request the L7
+/// proxy could not complete (ERROR, a lane of its own).
 const FLOWS: &str = r#"{"flow":{"time":"2026-11-27T11:00:00.000000001Z","verdict":"DROPPED","drop_reason":133,"drop_reason_desc":"POLICY_DENIED","IP":{"source":"10.0.1.10","destination":"10.0.2.20","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40000,"destination_port":80}},"source":{"namespace":"default","labels":["k8s:app=frontend"],"pod_name":"frontend"},"destination":{"namespace":"default","labels":["k8s:app=backend"],"pod_name":"backend"},"Type":"L3_L4","traffic_direction":"INGRESS","extensions":[{"@type":"type.googleapis.com/palisade.flow.v1.PolicyExplanation","rules":["CiliumNetworkPolicy default/backend-policy (default deny)"]}]}}
 {"flow":{"time":"2026-11-27T11:00:01.000000001Z","verdict":"FORWARDED","IP":{"source":"10.0.1.10","destination":"10.0.3.30","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40001,"destination_port":3306}},"source":{"namespace":"default","labels":["k8s:app=frontend"],"pod_name":"frontend"},"destination":{"namespace":"default","labels":["k8s:app=database"],"pod_name":"database"},"Type":"L3_L4","traffic_direction":"INGRESS"}}
 {"flow":{"time":"2026-11-27T11:00:02.000000001Z","verdict":"FORWARDED","IP":{"source":"10.0.1.10","destination":"10.0.2.20","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40002,"destination_port":8080}},"source":{"namespace":"default","labels":["k8s:app=frontend"],"pod_name":"frontend"},"destination":{"namespace":"default","labels":["k8s:app=backend"],"pod_name":"backend"},"Type":"L3_L4","traffic_direction":"INGRESS"}}
@@ -23,6 +24,7 @@ const FLOWS: &str = r#"{"flow":{"time":"2026-11-27T11:00:00.000000001Z","verdict
 {"flow":{"time":"2026-11-27T11:00:09.000000001Z","verdict":"FORWARDED","IP":{"source":"10.0.1.10","destination":"10.0.4.40","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40008,"destination_port":6379}},"source":{"namespace":"default","labels":["k8s:app=frontend"],"pod_name":"frontend"},"destination":{"namespace":"default","labels":["k8s:app=cache"],"pod_name":"cache"},"Type":"L3_L4","traffic_direction":"INGRESS"}}
 {"flow":{"time":"2026-11-27T11:00:10.000000001Z","verdict":"FORWARDED","IP":{"source":"10.0.2.20","destination":"10.0.4.40","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40009,"destination_port":6379}},"source":{"namespace":"default","labels":["k8s:app=backend"],"pod_name":"backend"},"destination":{"namespace":"default","labels":["k8s:app=cache"],"pod_name":"cache"},"Type":"L3_L4","traffic_direction":"INGRESS"}}
 {"flow":{"time":"2026-11-27T11:00:11.000000001Z","verdict":"DROPPED","drop_reason":133,"drop_reason_desc":"POLICY_DENIED","IP":{"source":"10.0.4.40","destination":"10.0.3.30","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40010,"destination_port":3306}},"source":{"namespace":"default","labels":["k8s:app=cache"],"pod_name":"cache"},"destination":{"namespace":"default","labels":["k8s:app=database"],"pod_name":"database"},"Type":"L3_L4","traffic_direction":"INGRESS"}}
+{"flow":{"time":"2026-11-27T11:00:11.500000001Z","verdict":"ERROR","IP":{"source":"10.0.2.20","destination":"10.0.4.40","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":40011,"destination_port":6379}},"source":{"namespace":"default","labels":["k8s:app=backend"],"pod_name":"backend"},"destination":{"namespace":"default","labels":["k8s:app=cache"],"pod_name":"cache"},"Type":"L7","traffic_direction":"EGRESS","l7":{"type":"RESPONSE","latency_ns":"1000000","http":{"code":503,"method":"GET","url":"http://cache/"}}}}
 "#;
 
 fn out_dir() -> PathBuf {
@@ -139,7 +141,7 @@ fn edges(dom: &str) -> Vec<Edge> {
 
 fn labels(dom: &str) -> Vec<Label> {
     let port = re(
-        r#"(?s)<tspan class="port ([a-z ]+)" data-port="([^"]*)" data-forwarded="(\d+)" data-dropped="(\d+)" data-audit="(\d+)"[^>]*>(.*?)</tspan></tspan>"#,
+        r#"(?s)<tspan class="port ([a-z ]+)" data-port="([^"]*)" data-forwarded="(\d+)" data-dropped="(\d+)" data-audit="(\d+)" data-error="(\d+)"[^>]*>(.*?)</tspan></tspan>"#,
     );
     let tag = re(r"<[^>]*>");
     re(r#"(?s)<g class="edge-label ([a-z ]+)" data-source="([^"]*)" data-destination="([^"]*)"><title>[^<]*</title><rect class="label-bg"([^>]*)>(?:</rect>)?<text[^>]*>(.*?)</text></g>"#)
@@ -153,8 +155,8 @@ fn labels(dom: &str) -> Vec<Label> {
                 .captures_iter(&c[5])
                 .map(|p| {
                     let n = |i: usize| p[i].parse::<u64>().expect("count");
-                    let shown = tag.replace_all(&p[6], "").to_string();
-                    assert_eq!(words(&p[1]).len(), [n(3), n(4), n(5)].iter().filter(|&&k| k > 0).count(), "{shown}");
+                    let shown = tag.replace_all(&p[7], "").to_string();
+                    assert_eq!(words(&p[1]).len(), [n(3), n(4), n(5), n(6)].iter().filter(|&&k| k > 0).count(), "{shown}");
                     (p[2].to_string(), n(3), n(4), n(5), shown)
                 })
                 .collect(),
@@ -167,6 +169,7 @@ fn colour(verdict: &str) -> &'static str {
         "forwarded" => "#2e7d32",
         "dropped" => "#c62828",
         "audit" => "#ef6c00",
+        "error" => "#6a1b9a",
         v => panic!("unknown verdict class {v}"),
     }
 }
@@ -193,7 +196,7 @@ fn service_map_renders_workloads_edges_and_flows_in_chromium() {
     let url = format!("file://{}", page.display());
     let dom = dump_dom(&url, &dir.join("profile-dom"));
     assert!(
-        dom.contains("4 workloads, 10 connections on 8 edges, 12 of 12 flows shown"),
+        dom.contains("4 workloads, 10 connections on 8 edges, 13 of 13 flows shown"),
         "the script did not run: {dom}"
     );
     assert!(dom.contains(">frontend<") && dom.contains(">backend<") && dom.contains(">database<"));
@@ -215,7 +218,7 @@ fn service_map_renders_workloads_edges_and_flows_in_chromium() {
         })
         .collect();
     let want: Vec<(&str, &str, &str, Vec<&str>)> = vec![
-        ("backend", "cache", "6379/TCP", vec!["forwarded"]),
+        ("backend", "cache", "6379/TCP", vec!["forwarded", "error"]),
         ("backend", "database", "3306/TCP", vec!["forwarded"]),
         ("backend", "frontend", "9090/TCP", vec!["dropped"]),
         ("cache", "database", "3306/TCP", vec!["dropped"]),
@@ -351,7 +354,7 @@ fn service_map_renders_workloads_edges_and_flows_in_chromium() {
     );
     assert!(
         picked.contains(
-            "4 workloads, 10 connections on 8 edges, 3 of 12 flows shown (edge default/database → default/backend)"
+            "4 workloads, 10 connections on 8 edges, 3 of 13 flows shown (edge default/database → default/backend)"
         ),
         "{picked}"
     );
@@ -367,8 +370,8 @@ fn service_map_renders_workloads_edges_and_flows_in_chromium() {
     assert_eq!(
         port_rows,
         [
-            "80/TCP|1|1|0|",
-            "3306/TCP|0|0|1|CiliumNetworkPolicy default/default-deny (default deny)"
+            "80/TCP|1|1|0|0|",
+            "3306/TCP|0|0|1|0|CiliumNetworkPolicy default/default-deny (default deny)"
         ]
     );
     let body = picked
@@ -395,7 +398,7 @@ fn service_map_renders_workloads_edges_and_flows_in_chromium() {
         &dir.join("profile-pick-back"),
     );
     assert!(
-        back.contains("1 of 12 flows shown (edge default/backend → default/frontend)"),
+        back.contains("1 of 13 flows shown (edge default/backend → default/frontend)"),
         "the reply counted with the edge: {back}"
     );
 

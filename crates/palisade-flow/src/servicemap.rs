@@ -24,18 +24,23 @@ pub struct PortStats {
     pub forwarded: u64,
     pub dropped: u64,
     pub audit: u64,
+    /// ERROR: the proxy could not complete the request (upstream
+    /// unreachable, malformed request): neither passed nor a policy drop.
+    pub error: u64,
     /// The rules seen deciding flows on this port (at most 8).
     pub rules: Vec<String>,
 }
 
 /// The verdicts with flows, in the map's order: `forwarded`, `dropped`,
-/// `audit`. AUDIT (would be dropped, allowed by audit mode) stays apart
-/// from FORWARDED so that an audited connection is never hidden.
-fn verdicts_of(forwarded: u64, dropped: u64, audit: u64) -> Vec<&'static str> {
+/// `audit`, `error`. AUDIT (would be dropped, allowed by audit mode) stays
+/// apart from FORWARDED so that an audited connection is never hidden, and
+/// ERROR so that a failing upstream never looks like a working one.
+fn verdicts_of(forwarded: u64, dropped: u64, audit: u64, error: u64) -> Vec<&'static str> {
     [
         ("forwarded", forwarded),
         ("dropped", dropped),
         ("audit", audit),
+        ("error", error),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)
@@ -44,9 +49,10 @@ fn verdicts_of(forwarded: u64, dropped: u64, audit: u64) -> Vec<&'static str> {
 }
 
 impl PortStats {
-    /// The verdicts seen on this port (`forwarded`, `dropped`, `audit`).
+    /// The verdicts seen on this port (`forwarded`, `dropped`, `audit`,
+    /// `error`).
     pub fn verdicts(&self) -> Vec<&'static str> {
-        verdicts_of(self.forwarded, self.dropped, self.audit)
+        verdicts_of(self.forwarded, self.dropped, self.audit, self.error)
     }
 }
 
@@ -71,10 +77,13 @@ impl MapEdge {
     pub fn audit(&self) -> u64 {
         self.ports.iter().map(|p| p.audit).sum()
     }
+    pub fn error(&self) -> u64 {
+        self.ports.iter().map(|p| p.error).sum()
+    }
     /// Every verdict seen on any port of the edge (`forwarded`, `dropped`,
-    /// `audit`, in that order): the page draws one lane per verdict.
+    /// `audit`, `error`, in that order): the page draws one lane per verdict.
     pub fn verdicts(&self) -> Vec<&'static str> {
-        verdicts_of(self.forwarded(), self.dropped(), self.audit())
+        verdicts_of(self.forwarded(), self.dropped(), self.audit(), self.error())
     }
 }
 
@@ -174,6 +183,9 @@ pub fn build(flows: &[FlowsResponse]) -> ServiceMap {
         match f.verdict {
             Verdict::Dropped => p.dropped += 1,
             Verdict::Audit => p.audit += 1,
+            Verdict::Error => p.error += 1,
+            // FORWARDED, REDIRECTED (to the L7 proxy, whose own flow
+            // follows), TRACED, TRANSLATED: the traffic went on.
             _ => p.forwarded += 1,
         }
         for x in &f.extensions {
@@ -277,7 +289,7 @@ header h1{font-size:18px;margin:0} header span{opacity:.7;font-size:13px}
 table{border-collapse:collapse;margin:12px 20px;width:calc(100% - 40px);background:#fff;font-size:13px}
 th,td{border-bottom:1px solid #e5e8ed;padding:5px 8px;text-align:left} th{background:#eef0f4}
 input{margin:12px 20px 0;padding:6px 8px;width:360px;font-size:14px}
-.DROPPED{color:#c62828;font-weight:600} .FORWARDED{color:#2e7d32} .AUDIT{color:#ef6c00} .REDIRECTED{color:#1565c0}
+.DROPPED{color:#c62828;font-weight:600} .FORWARDED{color:#2e7d32} .AUDIT{color:#ef6c00} .ERROR{color:#6a1b9a;font-weight:600} .REDIRECTED{color:#1565c0}
 svg text{font-size:12px} .node rect{fill:#fff;stroke:#5c6bc0;stroke-width:1.5} .node.world rect{stroke:#8d6e63} .node.host rect{stroke:#546e7a}
 .edge{cursor:pointer} .edge path.lane{fill:none;stroke-width:3;stroke-linecap:butt} .edge path.hit{fill:none;stroke:transparent;stroke-width:14}
 .edge:hover path.lane,.edge.selected path.lane{stroke-width:4.5} svg.selecting .edge:not(.selected),svg.selecting .edge-label:not(.selected){opacity:.3}
@@ -287,11 +299,11 @@ svg text{font-size:12px} .node rect{fill:#fff;stroke:#5c6bc0;stroke-width:1.5} .
 #detail table{margin:8px 0 0;width:100%} #detail button{margin-left:12px}
 </style></head><body>
 <header><h1>{{TITLE}}</h1><span id="stats"></span></header>
-<div class="legend">edges:<b style="background:#2e7d32"></b>forwarded (✓)<b style="background:#c62828"></b>dropped (✗)<b style="background:#ef6c00"></b>audit (would be dropped; allowed by audit mode)</div>
+<div class="legend">edges:<b style="background:#2e7d32"></b>forwarded (✓)<b style="background:#c62828"></b>dropped (✗)<b style="background:#ef6c00"></b>audit (would be dropped; allowed by audit mode)<b style="background:#6a1b9a"></b>error (the proxy could not complete it)</div>
 <div class="legend hint">one edge per source → destination, labelled with its ports; an edge seen with several verdicts has one lane per verdict; opposite directions are separate arcs; click an edge for its ports and flows</div>
 <svg id="map" width="1100" height="520" role="img" aria-label="service map"></svg>
 <div id="detail" hidden><b id="detail-title"></b><button id="detail-clear" type="button">show all flows</button>
-<table id="edge-ports"><thead><tr><th>port</th><th>forwarded</th><th>dropped</th><th>audit</th><th>rules</th></tr></thead><tbody></tbody></table></div>
+<table id="edge-ports"><thead><tr><th>port</th><th>forwarded</th><th>dropped</th><th>audit</th><th>error</th><th>rules</th></tr></thead><tbody></tbody></table></div>
 <input id="filter" placeholder="filter flows: pod, port, verdict, rule…" aria-label="filter flows">
 <table id="flows"><thead><tr><th>time</th><th>source</th><th>destination</th><th>port</th><th>verdict</th><th>reason</th><th>rule</th></tr></thead><tbody></tbody></table>
 <script id="data" type="application/json">{{DATA}}</script>
@@ -299,8 +311,8 @@ svg text{font-size:12px} .node rect{fill:#fff;stroke:#5c6bc0;stroke-width:1.5} .
 const D=JSON.parse(document.getElementById('data').textContent);
 const svg=document.getElementById('map'),NS='http://www.w3.org/2000/svg';
 const nodes=D.map.nodes,edges=D.map.edges,N=nodes.length;
-const VS=['forwarded','dropped','audit'],col={forwarded:'#2e7d32',dropped:'#c62828',audit:'#ef6c00'};
-const SYM={forwarded:'✓',dropped:'✗',audit:' audit'};
+const VS=['forwarded','dropped','audit','error'],col={forwarded:'#2e7d32',dropped:'#c62828',audit:'#ef6c00',error:'#6a1b9a'};
+const SYM={forwarded:'✓',dropped:'✗',audit:' audit',error:' error'};
 function el(t,a,p){const e=document.createElementNS(NS,t);for(const k in a)e.setAttribute(k,a[k]);(p||svg).appendChild(e);return e;}
 const W=1100,H=Math.max(520,Math.min(1100,300+N*26));
 svg.setAttribute('height',H);svg.setAttribute('viewBox','0 0 '+W+' '+H);
@@ -369,7 +381,7 @@ edges.slice().sort((a,b)=>b.ports.length-a.ports.length||(a.key<b.key?-1:1)).for
  const ti=el('title',{},g);ti.textContent=e.source+' → '+e.destination;
  const r=el('rect',{class:'label-bg',rx:3},g),t=el('text',{'text-anchor':'middle'},g);
  const shown=e.ports.length>MAXL?e.ports.slice(0,MAXL-1):e.ports;
- shown.forEach((p,i)=>{const s=el('tspan',{class:'port '+VS.filter(v=>p[v]>0).join(' '),'data-port':p.port,'data-forwarded':p.forwarded,'data-dropped':p.dropped,'data-audit':p.audit,x:0,dy:i?'1.25em':'0'},t);
+ shown.forEach((p,i)=>{const s=el('tspan',{class:'port '+VS.filter(v=>p[v]>0).join(' '),'data-port':p.port,'data-forwarded':p.forwarded,'data-dropped':p.dropped,'data-audit':p.audit,'data-error':p.error,x:0,dy:i?'1.25em':'0'},t);
   s.appendChild(document.createTextNode(p.port));VS.filter(v=>p[v]>0).forEach(v=>{s.appendChild(document.createTextNode(' '));const c=el('tspan',{class:'n '+v,fill:col[v]},s);c.textContent=p[v]+SYM[v];});});
  if(shown.length<e.ports.length){const s=el('tspan',{class:'more',x:0,dy:'1.25em',fill:'#5f6b7e'},t);s.textContent='+'+(e.ports.length-shown.length)+' more ports (click)';}
  const bb=t.getBBox(),w=bb.width+10,h=bb.height+4;
@@ -401,7 +413,7 @@ function fromHash(){const h=new URLSearchParams(location.hash.slice(1));sel=byKe
  const dv=document.getElementById('detail');dv.hidden=!sel;
  if(sel){document.querySelectorAll('#edges .edge').forEach(g=>{if(g.dataset.source==sel.source&&g.dataset.destination==sel.destination)g.classList.add('selected');});sel.label.classList.add('selected');
   document.getElementById('detail-title').textContent=sel.source+' → '+sel.destination;const pb=document.querySelector('#edge-ports tbody');pb.innerHTML='';
-  sel.ports.forEach(p=>{const tr=document.createElement('tr');tr.className='edge-port';tr.dataset.port=p.port;[p.port,p.forwarded,p.dropped,p.audit,p.rules.join('; ')].forEach((v,i)=>{const td=document.createElement('td');td.textContent=v;if(i&&i<4&&v>0)td.className=VS[i-1].toUpperCase();tr.appendChild(td);});pb.appendChild(tr);});}
+  sel.ports.forEach(p=>{const tr=document.createElement('tr');tr.className='edge-port';tr.dataset.port=p.port;[p.port,p.forwarded,p.dropped,p.audit,p.error,p.rules.join('; ')].forEach((v,i)=>{const td=document.createElement('td');td.textContent=v;if(i&&i<5&&v>0)td.className=VS[i-1].toUpperCase();tr.appendChild(td);});pb.appendChild(tr);});}
  draw(fi.value);}
 function draw(q){tb.innerHTML='';let k=0;for(const r of D.rows){if(sel&&(r.reply||r.src!=sel.source||r.dst!=sel.destination))continue;
  const s=[r.time,r.source,r.destination,r.port,r.verdict,r.summary,r.rule].join(' ');
@@ -468,6 +480,22 @@ mod tests {
         let page = render_page("Palisade </script>", &flows);
         assert!(page.contains("default/frontend"));
         assert!(!page.contains("Palisade </script>"));
+    }
+
+    #[test]
+    fn proxy_errors_are_a_lane_of_their_own_and_redirects_pass() {
+        let flows = vec![
+            mk(Verdict::Error, "frontend", "backend", 80),
+            mk(Verdict::Redirected, "frontend", "backend", 80),
+            mk(Verdict::Forwarded, "frontend", "backend", 8080),
+        ];
+        let e = &build(&flows).edges[0];
+        assert_eq!(e.ports[0].verdicts(), ["forwarded", "error"]);
+        assert_eq!(
+            (e.forwarded(), e.dropped(), e.audit(), e.error()),
+            (2, 0, 0, 1)
+        );
+        assert_eq!(e.verdicts(), ["forwarded", "error"]);
     }
 
     #[test]
