@@ -89,7 +89,7 @@ pub(crate) struct Shared {
     /// Endpoints with a `policy_map_pressure` gauge.
     pressure_keys: Mutex<BTreeSet<String>>,
     /// The redirect targets the fail-closed guard holds (last applied).
-    l7_guard: Mutex<Option<BTreeSet<palisade_proxy::redirect::Target>>>,
+    l7_guard: Mutex<Option<BTreeSet<palisade_proxy::redirect::GuardTarget>>>,
     /// The in-process DNS and Kafka proxies (started with the HTTP proxy).
     l7_extra: Mutex<L7Extra>,
     stop: AtomicBool,
@@ -840,33 +840,32 @@ impl Shared {
     }
 
     /// Writes the proxy process's feed (when it runs and the feed changed)
-    /// and waits up to `wait` until it enforces it, then updates the guard.
-    /// With `only_with_http`, nothing is done while no HTTP rule exists.
+    /// and waits up to `wait` until it enforces it, then updates the guard
+    /// (every L7 redirect target, DNS and Kafka included). With
+    /// `only_with_http`, the feed is left alone while no HTTP rule exists.
     fn feed_proxy_process(&self, st: &State, wait: Duration, only_with_http: bool) {
-        let targets = palisade_proxy::redirect::targets_of(&st.engine);
-        if only_with_http && targets.is_empty() {
-            return;
-        }
         let mut g = self.proxy.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = g.as_mut() else {
             return;
         };
-        match p.update(self.proxy_feed(st), wait) {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                pid = p.pid(),
-                "the L7 proxy's policy or redirect rules lag behind the agent's"
-            ),
-            Err(e) => tracing::error!(error = %e, "feeding the L7 proxy"),
+        if !only_with_http || !palisade_proxy::redirect::targets_of(&st.engine).is_empty() {
+            match p.update(self.proxy_feed(st), wait) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    pid = p.pid(),
+                    "the L7 proxy's policy or redirect rules lag behind the agent's"
+                ),
+                Err(e) => tracing::error!(error = %e, "feeding the L7 proxy"),
+            }
         }
         drop(g);
-        self.update_l7_guard(targets);
+        self.update_l7_guard(palisade_proxy::redirect::guard_targets(&st.engine));
     }
 
     /// Keeps the fail-closed guard (forwarded packets of a redirect target
-    /// are dropped: only what the proxy takes gets through) equal to the
+    /// are dropped: only what a proxy takes gets through) equal to the
     /// enforced policy's redirect targets.
-    fn update_l7_guard(&self, targets: BTreeSet<palisade_proxy::redirect::Target>) {
+    fn update_l7_guard(&self, targets: BTreeSet<palisade_proxy::redirect::GuardTarget>) {
         let mut g = self.l7_guard.lock().unwrap_or_else(|p| p.into_inner());
         if g.as_ref() == Some(&targets) {
             return;
@@ -910,7 +909,7 @@ impl Shared {
             "L7 proxy process running in the node namespace"
         );
         *self.proxy.lock().unwrap_or_else(|p| p.into_inner()) = Some(process);
-        self.update_l7_guard(palisade_proxy::redirect::targets_of(&self.lock().engine));
+        self.update_l7_guard(palisade_proxy::redirect::guard_targets(&self.lock().engine));
         let mut threads = Vec::new();
         let me = self.clone();
         let sock = crate::l7proc::L7Process::records_path(&dir);

@@ -254,5 +254,23 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+
+    // The agent stops, and its DNS proxy with it (it removes its TPROXY
+    // table): DNS rules fail closed. The guard drops the queries that would
+    // now reach the resolver unfiltered, the name the rule refuses included.
+    agent.shutdown();
+    let q = wire::build_query(8, "evil.example.net", wire::TYPE_A, None);
+    let unanswered = udp_query(&client_ns, server, &q);
+    assert!(
+        unanswered.is_err(),
+        "a query with the DNS proxy down must get no answer: {unanswered:?}"
+    );
+    // A new agent on the same node and state takes the queries again.
+    let mut cfg = names.config("node-dns", "10.235.0.0/24");
+    cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
+    cfg.proxy_program = Some(env!("CARGO_BIN_EXE_palisade").into());
+    let agent = Agent::start(cfg).expect("agent restarts");
+    let m = udp_query(&client_ns, server, &q).expect("an answer from the new DNS proxy");
+    assert_eq!(m.header.rcode, wire::RCODE_REFUSED);
     agent.destroy();
 }

@@ -169,31 +169,58 @@ table ip {t} {{\n\
 /// The table of the fail-closed guard (owned by the agent, not the proxy).
 pub const GUARD_TABLE: &str = "palisade_l7_guard";
 
+/// What the fail-closed guard holds: every redirect target of every local
+/// endpoint for the proxies there are (HTTP and Kafka over TCP, DNS over
+/// UDP and TCP), by address, protocol and port range.
+pub fn guard_targets(engine: &palisade_policy::engine::Engine) -> BTreeSet<GuardTarget> {
+    [L7Kind::Http, L7Kind::Kafka, L7Kind::Dns]
+        .into_iter()
+        .flat_map(|kind| crate::dns::redirect::targets_in(engine, kind))
+        .collect()
+}
+
+/// A guard element: the DNS table's (address, protocol, port range).
+pub type GuardTarget = crate::dns::redirect::Target;
+
 /// The guard: forwarded packets of a redirect target are dropped. Packets
-/// the proxy's TPROXY rule takes are delivered locally (the input path),
-/// never forwarded, and the proxy's own upstream packets are locally
+/// a proxy's TPROXY rule takes are delivered locally (the input path),
+/// never forwarded, and a proxy's own upstream packets are locally
 /// generated; so the guard only drops what would bypass L7 enforcement
-/// while the proxy is down, restarting or stopped: L7 rules fail closed.
-pub fn guard_ruleset(targets: &BTreeSet<Target>) -> String {
+/// while a proxy is down, restarting or stopped (the HTTP proxy process,
+/// or the agent with its DNS and Kafka proxies): L7 rules fail closed.
+pub fn guard_ruleset(targets: &BTreeSet<GuardTarget>) -> String {
     let t = GUARD_TABLE;
+    let mut sets = String::new();
+    let mut rules = String::new();
+    for (dir, field) in [(Direction::Ingress, "daddr"), (Direction::Egress, "saddr")] {
+        for (proto, pname) in [(6u8, "tcp"), (17u8, "udp")] {
+            let set = format!("{}_{pname}", dir.as_str());
+            let items = elements(
+                targets
+                    .iter()
+                    .filter(|g| g.direction == dir && g.proto == proto)
+                    .map(|g| (g.ip, g.port_lo, g.port_hi)),
+            );
+            sets.push_str(&format!(
+                "  set {set} {{ type ipv4_addr . inet_service; flags interval; {items} }}\n"
+            ));
+            rules.push_str(&format!(
+                "    ip {field} . {pname} dport @{set} counter drop\n"
+            ));
+        }
+    }
     format!(
         "table ip {t}\ndelete table ip {t}\n\
-table ip {t} {{\n\
-  set ingress {{ type ipv4_addr . inet_service; flags interval; {ing} }}\n\
-  set egress {{ type ipv4_addr . inet_service; flags interval; {eg} }}\n\
+table ip {t} {{\n{sets}\
   chain forward {{\n\
-    type filter hook forward priority filter; policy accept;\n\
-    ip daddr . tcp dport @ingress counter drop\n\
-    ip saddr . tcp dport @egress counter drop\n\
+    type filter hook forward priority filter; policy accept;\n{rules}\
   }}\n\
-}}\n",
-        ing = set_elements(targets, Direction::Ingress),
-        eg = set_elements(targets, Direction::Egress),
+}}\n"
     )
 }
 
 /// Replaces the guard table in the network namespace `netns`.
-pub fn apply_guard(netns: &str, targets: &BTreeSet<Target>) -> Result<(), ProxyError> {
+pub fn apply_guard(netns: &str, targets: &BTreeSet<GuardTarget>) -> Result<(), ProxyError> {
     run(
         "ip",
         &["netns", "exec", netns, "nft", "-f", "-"],
@@ -404,5 +431,29 @@ mod tests {
         assert!(s.starts_with("table ip palisade_proxy\ndelete table ip palisade_proxy\n"));
         assert!(s.contains("elements = { 10.0.2.30 . 80 }"), "{s}");
         assert!(s.contains("tproxy to :15001"), "{s}");
+    }
+
+    #[test]
+    fn the_guard_covers_dns_over_udp_as_well_as_tcp_targets() {
+        let t: BTreeSet<GuardTarget> = [(Direction::Egress, 17, 53), (Direction::Ingress, 6, 80)]
+            .into_iter()
+            .map(|(direction, proto, port)| GuardTarget {
+                direction,
+                proto,
+                ip: Ipv4Addr::new(10, 0, 2, 30),
+                port_lo: port,
+                port_hi: port,
+            })
+            .collect();
+        let s = guard_ruleset(&t);
+        assert!(s.starts_with("table ip palisade_l7_guard\ndelete table ip palisade_l7_guard\n"));
+        for want in [
+            "set egress_udp { type ipv4_addr . inet_service; flags interval; elements = { 10.0.2.30 . 53 } }",
+            "set ingress_tcp { type ipv4_addr . inet_service; flags interval; elements = { 10.0.2.30 . 80 } }",
+            "ip saddr . udp dport @egress_udp counter drop",
+            "ip daddr . tcp dport @ingress_tcp counter drop",
+        ] {
+            assert!(s.contains(want), "{want} in {s}");
+        }
     }
 }

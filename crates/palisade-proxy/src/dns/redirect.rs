@@ -47,7 +47,11 @@ pub struct Target {
 /// Every `kind` redirect entry of every local endpoint, by address,
 /// protocol and port range (an ANY entry yields TCP and UDP).
 pub fn targets(snapshot: &PolicySnapshot, kind: L7Kind) -> BTreeSet<Target> {
-    let engine = snapshot.engine();
+    targets_in(snapshot.engine(), kind)
+}
+
+/// [`targets`] of an engine.
+pub fn targets_in(engine: &palisade_policy::engine::Engine, kind: L7Kind) -> BTreeSet<Target> {
     let mut out = BTreeSet::new();
     for (key, _, map) in engine.endpoints() {
         let Some(pod) = engine.state().pod(key) else {
