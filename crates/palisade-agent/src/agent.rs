@@ -839,17 +839,25 @@ impl Shared {
         )
     }
 
-    /// Writes the proxy process's feed (when it runs and the feed changed)
-    /// and waits up to `wait` until it enforces it, then updates the guard
-    /// (every L7 redirect target, DNS and Kafka included). With
-    /// `only_with_http`, the feed is left alone while no HTTP rule exists.
+    /// Writes the proxy process's feed (when it runs, needs it and the
+    /// feed changed) and waits up to `wait` until it enforces it, then
+    /// updates the guard (every L7 redirect target, DNS and Kafka
+    /// included). The proxy needs a feed while HTTP redirect targets exist
+    /// and once after they are gone (`L7Process::needs_feed`); with
+    /// `only_with_http`, only while they exist.
     fn feed_proxy_process(&self, st: &State, wait: Duration, only_with_http: bool) {
         let mut g = self.proxy.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = g.as_mut() else {
             return;
         };
-        if !only_with_http || !palisade_proxy::redirect::targets_of(&st.engine).is_empty() {
-            match p.update(self.proxy_feed(st), wait) {
+        let redirects = !palisade_proxy::redirect::targets_of(&st.engine).is_empty();
+        let needed = if only_with_http {
+            redirects
+        } else {
+            p.needs_feed(redirects)
+        };
+        if needed {
+            match p.update(self.proxy_feed(st), redirects, wait) {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(
                     pid = p.pid(),

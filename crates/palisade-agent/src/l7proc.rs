@@ -40,6 +40,11 @@ pub struct L7Process {
     /// The last feed the proxy confirmed (revision cleared): an equal feed
     /// is not written again, so the proxy does not rebuild for nothing.
     enforced: Option<PolicyFeed>,
+    /// Whether the proxy may still hold redirect rules: true until a feed
+    /// without any HTTP redirect target is confirmed. While false, no
+    /// traffic reaches the proxy, so it needs no new feed (see
+    /// [`L7Process::needs_feed`]).
+    redirecting: bool,
     /// How often the proxy had to be started again.
     pub restarts: u64,
 }
@@ -76,6 +81,7 @@ impl L7Process {
             pid: 0,
             feed_revision: status.as_ref().and_then(|s| s.feed_revision).unwrap_or(0),
             enforced: None,
+            redirecting: true,
             restarts: 0,
         };
         let adopt = status
@@ -190,11 +196,28 @@ impl L7Process {
         Ok(())
     }
 
+    /// Whether a policy with `redirects` (the enforced policy has HTTP
+    /// redirect targets) must be fed to the proxy: yes while there are
+    /// targets, and once more after the last one is gone so that the proxy
+    /// removes its redirection. A proxy nothing is redirected to needs no
+    /// new policy (and pod churn costs no proxy rebuild) until a target
+    /// appears; it then gets the whole feed.
+    pub fn needs_feed(&self, redirects: bool) -> bool {
+        redirects || self.redirecting
+    }
+
     /// Writes a new feed (the next revision) and tells the proxy; waits
     /// (bounded) until the proxy enforces it, redirection included.
     /// A feed equal to the one the proxy confirmed last is not written.
-    pub fn update(&mut self, mut feed: PolicyFeed, wait: Duration) -> Result<bool> {
+    /// `redirects`: the feed's policy has HTTP redirect targets.
+    pub fn update(
+        &mut self,
+        mut feed: PolicyFeed,
+        redirects: bool,
+        wait: Duration,
+    ) -> Result<bool> {
         if self.enforced.as_ref() == Some(&feed) {
+            self.redirecting = redirects;
             return Ok(true);
         }
         feed.revision = Some(self.next_revision());
@@ -202,6 +225,7 @@ impl L7Process {
         self.signal(libc::SIGHUP);
         let enforced = self.wait_enforced(wait);
         feed.revision = None;
+        self.redirecting = redirects || !enforced;
         self.enforced = enforced.then_some(feed);
         Ok(enforced)
     }
@@ -309,6 +333,7 @@ pub fn stop_leftover(dir: &Path, program: &Path, node_netns: &str) -> Option<u32
         pid,
         feed_revision: 0,
         enforced: None,
+        redirecting: true,
         restarts: 0,
     };
     if !p.is_our_proxy(pid) {

@@ -104,5 +104,16 @@ fn http_rules_enforced_by_the_agents_proxy() {
         "{:#?}",
         agent.flows().page(None, None)
     );
+
+    // The L7 policy goes: the proxy is fed once more and drops its
+    // redirection (no HTTP target is left, so later pod churn costs it no
+    // rebuild), and nothing filters the requests any more.
+    agent
+        .delete_text("example-policy.yaml", EXAMPLE_POLICY)
+        .expect("delete");
+    let other = http_request(&fe_ns, app_ip, 80, "GET", "/private", &[], t).expect("answer");
+    assert_eq!((other.status, other.body.as_str()), (200, "GET /private\n"));
+    let post = http_request(&other_ns, app_ip, 80, "POST", "/public", &[], t).expect("answer");
+    assert_eq!(post.status, 200);
     agent.destroy();
 }
