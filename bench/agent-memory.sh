@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-./target/release/palisade}
 REMOTE=${REMOTE:-10000}; LOCAL=${LOCAL:-100}
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
-[ -x "$BIN" ] || cargo build --release -q -p palisade
+[ "$BIN" != ./target/release/palisade ] || cargo build --release -q -p palisade # never a stale binary
 T=/tmp/palisade-membench-$$; NODE=pal-mem-$$; PIN=/sys/fs/bpf/palisade-membench-$$
 mkdir -p $T/m
 AGENT_PID=
