@@ -31,6 +31,7 @@ use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
 use crate::flows::{FlowHub, PeerBook};
 use crate::ipam::Ipam;
+use crate::l7proc::FeedGate;
 use crate::pods::{self, PodRecord};
 use crate::reconcile::{self, EndpointRuntime, EndpointStatus};
 use crate::sources::{self, ApiStore, Fingerprint, SourceFile, Sourced};
@@ -773,8 +774,16 @@ impl Shared {
     }
 
     fn reconcile_locked(&self, st: &mut State) {
-        // Names the DNS proxy learned survive every engine rebuild.
-        self.replay_learned_fqdns(st);
+        self.reconcile_all(st, Trigger::Policy);
+    }
+
+    /// Writes the whole enforced policy to the datapath, then feeds the L7
+    /// proxies and rebuilds the flows' attribution.
+    fn reconcile_all(&self, st: &mut State, trigger: Trigger) {
+        if trigger == Trigger::Policy {
+            // Names the DNS proxy learned survive every engine rebuild.
+            self.replay_learned_fqdns(st);
+        }
         let endpoints = Self::endpoints_runtime(st);
         let t0 = Instant::now();
         let outcome = reconcile::reconcile(
@@ -788,7 +797,7 @@ impl Shared {
             .regeneration_seconds
             .observe(t0.elapsed().as_secs_f64());
         for e in &outcome.errors {
-            tracing::error!(error = %e, "reconciliation");
+            tracing::error!(error = %e, ?trigger, "reconciliation");
         }
         let mut status = outcome.status;
         for rec in st.pods.values() {
@@ -802,10 +811,7 @@ impl Shared {
         st.status = status;
         st.reconciliations += 1;
         self.update_map_pressure(st, st.pods.keys());
-        // The proxy process installs its redirect sets itself: wait
-        // (bounded) so that a change is enforced when this returns.
-        self.feed_proxy_process(st, Duration::from_secs(3), false);
-        self.feed_l7_extra(&st.engine, true);
+        self.feed_proxies(st, trigger);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         attr.cookies.extend(reconcile::cookie_table(&st.engine));
         attr.book = PeerBook::build(
@@ -839,25 +845,30 @@ impl Shared {
         )
     }
 
-    /// Writes the proxy process's feed (when it runs, needs it and the
-    /// feed changed) and waits up to `wait` until it enforces it, then
-    /// updates the guard (every L7 redirect target, DNS and Kafka
-    /// included). The proxy needs a feed while HTTP redirect targets exist
-    /// and once after they are gone (`L7Process::needs_feed`); with
-    /// `only_with_http`, only while they exist.
-    fn feed_proxy_process(&self, st: &State, wait: Duration, only_with_http: bool) {
+    /// Feeds every running L7 proxy the enforced policy when it needs it
+    /// (`l7proc::FeedGate`: redirect targets of its kind exist, or it may
+    /// still redirect), waits until it enforces it (bounded by `trigger`),
+    /// then updates the guard (every L7 redirect target). Without L7
+    /// proxies (`--no-l7-proxy`) there is nothing to feed and no guard.
+    fn feed_proxies(&self, st: &State, trigger: Trigger) {
+        if !self.feed_proxy_process(st, trigger) {
+            return;
+        }
+        self.feed_l7_extra(&st.engine, trigger);
+        self.update_l7_guard(palisade_proxy::redirect::guard_targets(&st.engine));
+    }
+
+    /// Writes the proxy process's feed (when it needs it and the feed
+    /// changed) and waits until it enforces it. False: no proxy process
+    /// runs (nor the DNS and Kafka proxies, which start with it).
+    fn feed_proxy_process(&self, st: &State, trigger: Trigger) -> bool {
         let mut g = self.proxy.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = g.as_mut() else {
-            return;
+            return false;
         };
         let redirects = !palisade_proxy::redirect::targets_of(&st.engine).is_empty();
-        let needed = if only_with_http {
-            redirects
-        } else {
-            p.needs_feed(redirects)
-        };
-        if needed {
-            match p.update(self.proxy_feed(st), redirects, wait) {
+        if p.needs_feed(redirects) {
+            match p.update(self.proxy_feed(st), redirects, trigger.proxy_wait()) {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(
                     pid = p.pid(),
@@ -866,8 +877,7 @@ impl Shared {
                 Err(e) => tracing::error!(error = %e, "feeding the L7 proxy"),
             }
         }
-        drop(g);
-        self.update_l7_guard(palisade_proxy::redirect::guard_targets(&st.engine));
+        true
     }
 
     /// Keeps the fail-closed guard (forwarded packets of a redirect target
@@ -1000,13 +1010,7 @@ impl Shared {
     /// declared pod it merges over, or an L7 proxy to feed).
     fn add_pod_and_reconcile(&self, st: &mut State, rec: &PodRecord) {
         let key = rec.key();
-        let declared = declared_pod(&st.dir_objects, &st.api_objects, &key);
-        let proxied = self
-            .proxy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if declared.is_some() || proxied {
+        if declared_pod(&st.dir_objects, &st.api_objects, &key).is_some() {
             return self.rebuild_and_reconcile(st);
         }
         let pod = rec.to_pod(&self.config.node_name, None);
@@ -1037,13 +1041,8 @@ impl Shared {
             let new: Vec<&Sourced> = st.dir_objects.iter().chain(&st.api_objects).collect();
             pods_added(&old, &new, &st.pods)
         };
-        let proxied = self
-            .proxy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
         let added = match added {
-            Some(a) if !a.is_empty() && !proxied => a,
+            Some(a) if !a.is_empty() => a,
             _ => return self.rebuild_and_reconcile(st),
         };
         let mut touched = BTreeSet::new();
@@ -1095,6 +1094,7 @@ impl Shared {
         }
         st.reconciliations += 1;
         self.update_map_pressure(st, touched.iter());
+        self.feed_proxies(st, Trigger::Policy);
         let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
         for k in touched {
             if let Some(m) = st.engine.endpoint_map(k) {
@@ -1648,18 +1648,7 @@ impl Shared {
                 let key = rec.key();
                 let map = st.engine.endpoint_map(&key);
                 let identity = st.engine.endpoint_identity(&key).unwrap_or(0);
-                let labels = st
-                    .engine
-                    .identities()
-                    .get(identity)
-                    .map(|i| {
-                        i.labels
-                            .iter()
-                            .map(|l| l.to_string())
-                            .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let labels = crate::flows::label_strings(&st.engine, identity);
                 EndpointRow {
                     id: rec.ep_id,
                     pod: key.clone(),
@@ -1830,11 +1819,63 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
 
 pub(crate) type AgentShared = Shared;
 
-/// The DNS and Kafka proxies the agent runs next to the HTTP proxy.
+/// The DNS and Kafka proxies the agent runs next to the HTTP proxy, and
+/// when each needs the next policy.
 #[derive(Default)]
 struct L7Extra {
     dns: Option<palisade_proxy::dns::DnsProxy>,
     kafka: Option<palisade_proxy::kafka::KafkaProxy>,
+    dns_gate: FeedGate,
+    kafka_gate: FeedGate,
+}
+
+/// An in-process proxy fed whole engines (the DNS and Kafka proxies).
+trait FedProxy {
+    /// Hands it a new policy; returns the policy's revision.
+    fn update_engine(&self, engine: Engine) -> u64;
+    /// The revision whose redirect rules it has installed.
+    fn redirect_revision(&self) -> u64;
+}
+
+impl FedProxy for palisade_proxy::dns::DnsProxy {
+    fn update_engine(&self, engine: Engine) -> u64 {
+        palisade_proxy::dns::DnsProxy::update_engine(self, engine)
+    }
+    fn redirect_revision(&self) -> u64 {
+        palisade_proxy::dns::DnsProxy::redirect_revision(self)
+    }
+}
+
+impl FedProxy for palisade_proxy::kafka::KafkaProxy {
+    fn update_engine(&self, engine: Engine) -> u64 {
+        palisade_proxy::kafka::KafkaProxy::update_engine(self, engine)
+    }
+    fn redirect_revision(&self) -> u64 {
+        palisade_proxy::kafka::KafkaProxy::redirect_revision(self)
+    }
+}
+
+/// What set off a reconciliation: it bounds how long the proxies are
+/// waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// A policy, pod or namespace change: `policy apply` returns once the
+    /// proxies enforce it.
+    Policy,
+    /// A name the DNS proxy learned or forgot: a client connects right
+    /// after the DNS answer, which the DNS proxy holds meanwhile, so the
+    /// HTTP proxy must know the name's identity by then (short bound); the
+    /// DNS proxy itself may be the caller, so it is not waited for.
+    LearnedName,
+}
+
+impl Trigger {
+    fn proxy_wait(self) -> Duration {
+        match self {
+            Trigger::Policy => Duration::from_secs(3),
+            Trigger::LearnedName => Duration::from_millis(500),
+        }
+    }
 }
 
 /// The DNS proxy's learning hook: learned names go into both engines
@@ -1943,8 +1984,11 @@ impl Shared {
             })
             .map_err(|e| AgentError::Conflict(format!("starting the Kafka proxy: {e}")))?;
         tracing::info!(dns = %dns.local_addr(), kafka = %kafka.local_addr(), "DNS and Kafka proxies running in the node namespace");
-        extra.dns = Some(dns);
-        extra.kafka = Some(kafka);
+        *extra = L7Extra {
+            dns: Some(dns),
+            kafka: Some(kafka),
+            ..Default::default()
+        };
         Ok(())
     }
 
@@ -1954,41 +1998,53 @@ impl Shared {
         extra.kafka.take();
     }
 
-    /// Feeds the DNS and Kafka proxies the enforced policy; with `wait`,
-    /// until their redirect sets are installed (bounded).
-    fn feed_l7_extra(&self, engine: &Engine, wait: bool) {
-        let extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
-        let dns = extra
-            .dns
-            .as_ref()
-            .map(|d| (d, d.update_engine(engine.clone())));
-        let kafka = extra
-            .kafka
-            .as_ref()
-            .map(|k| (k, k.update_engine(engine.clone())));
-        if !wait {
-            return;
-        }
-        let behind = || {
-            let mut lagging = Vec::new();
-            if let Some((d, rev)) = dns
-                && d.redirect_revision() < rev
-            {
-                lagging.push("DNS");
+    /// Feeds the DNS and Kafka proxies the enforced policy when they need
+    /// it; after a policy change, waits until their redirect sets are
+    /// installed (bounded).
+    fn feed_l7_extra(&self, engine: &Engine, trigger: Trigger) {
+        use palisade_policy::api::L7Kind;
+        let mut extra = self.l7_extra.lock().unwrap_or_else(|p| p.into_inner());
+        let L7Extra {
+            dns,
+            kafka,
+            dns_gate,
+            kafka_gate,
+        } = &mut *extra;
+        let proxies: [(&str, Option<&dyn FedProxy>, L7Kind, &mut FeedGate); 2] = [
+            ("DNS", dns.as_ref().map(|d| d as _), L7Kind::Dns, dns_gate),
+            (
+                "Kafka",
+                kafka.as_ref().map(|k| k as _),
+                L7Kind::Kafka,
+                kafka_gate,
+            ),
+        ];
+        let mut fed = Vec::new();
+        for (name, proxy, kind, gate) in proxies {
+            let Some(proxy) = proxy else { continue };
+            let redirects = !palisade_proxy::dns::redirect::targets_in(engine, kind).is_empty();
+            if gate.needs(redirects) {
+                let rev = proxy.update_engine(engine.clone());
+                fed.push((name, proxy, rev, redirects, gate));
             }
-            if let Some((k, rev)) = kafka
-                && k.redirect_revision() < rev
-            {
-                lagging.push("Kafka");
-            }
-            lagging
-        };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !behind().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
         }
-        for proxy in behind() {
-            tracing::warn!(proxy, "the proxy's redirect rules lag behind the policy");
+        let behind = |p: &dyn FedProxy, rev: u64| p.redirect_revision() < rev;
+        if trigger == Trigger::Policy {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while fed.iter().any(|(_, p, rev, _, _)| behind(*p, *rev)) && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        for (name, proxy, rev, redirects, gate) in fed {
+            let lagging = behind(proxy, rev);
+            if lagging && trigger == Trigger::Policy {
+                tracing::warn!(
+                    proxy = name,
+                    "the proxy's redirect rules lag behind the policy"
+                );
+            }
+            gate.fed(redirects, !lagging);
         }
     }
 
@@ -2024,7 +2080,7 @@ impl Shared {
                 }
             }
         }
-        self.reconcile_fqdn_locked(&mut st);
+        self.reconcile_all(&mut st, Trigger::LearnedName);
     }
 
     fn forget_fqdns(&self, ips: &[std::net::IpAddr]) {
@@ -2035,43 +2091,7 @@ impl Shared {
                 f.forget_fqdn(*ip);
             }
         }
-        self.reconcile_fqdn_locked(&mut st);
-    }
-
-    /// The datapath part of a reconciliation after an FQDN change (the
-    /// proxies get the new policy without waiting: the DNS proxy may be
-    /// the caller).
-    fn reconcile_fqdn_locked(&self, st: &mut State) {
-        let endpoints = Self::endpoints_runtime(st);
-        let t0 = Instant::now();
-        let outcome = reconcile::reconcile(
-            &st.engine,
-            &mut st.datapath,
-            &endpoints,
-            &self.config.node_name,
-        );
-        self.flows
-            .metrics()
-            .regeneration_seconds
-            .observe(t0.elapsed().as_secs_f64());
-        for e in &outcome.errors {
-            tracing::error!(error = %e, "reconciliation (FQDN)");
-        }
-        st.reconciliations += 1;
-        self.update_map_pressure(st, st.pods.keys());
-        // A client connects right after the DNS answer: the HTTP proxy must
-        // know the name's identity by then (short bound: the DNS proxy
-        // holds the answer meanwhile). With no HTTP rule anywhere, no
-        // traffic reaches it: the next full reconciliation carries the names.
-        self.feed_proxy_process(st, Duration::from_millis(500), true);
-        self.feed_l7_extra(&st.engine, false);
-        let mut attr = self.attribution.write().unwrap_or_else(|p| p.into_inner());
-        attr.cookies.extend(reconcile::cookie_table(&st.engine));
-        attr.book = PeerBook::build(
-            &st.engine,
-            st.full.as_ref(),
-            st.pods.values().map(|r| (r.key(), r.ip, r.ep_id)),
-        );
+        self.reconcile_all(&mut st, Trigger::LearnedName);
     }
 
     /// `fqdn-cache-list`: the DNS proxy's cache rows.

@@ -303,7 +303,9 @@ pub(crate) struct PeerBook {
     pub audit_ipcache: Option<palisade_policy::ipcache::IpCache>,
 }
 
-fn label_strings(engine: &Engine, id: u32) -> Vec<String> {
+/// An identity's labels as flows and `endpoint list` show them (the
+/// namespace's own labels left out, as Hubble does).
+pub(crate) fn label_strings(engine: &Engine, id: u32) -> Vec<String> {
     engine
         .identities()
         .get(id)

@@ -25,6 +25,40 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// When a proxy needs the next policy: while redirect targets of its kind
+/// exist, and once more after the last one is gone (so that it drops its
+/// redirection). A proxy nothing is redirected to sees no traffic, so it
+/// needs no new policy (and pod churn costs it no rebuild) until a target
+/// appears; it then gets the whole policy. Shared by the HTTP proxy
+/// process and the agent's DNS and Kafka proxies.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedGate {
+    /// The proxy may still hold redirect rules: true until a policy without
+    /// targets is confirmed enforced.
+    redirecting: bool,
+}
+
+impl Default for FeedGate {
+    /// A proxy whose rules are unknown (just started or adopted) is fed.
+    fn default() -> Self {
+        FeedGate { redirecting: true }
+    }
+}
+
+impl FeedGate {
+    /// Whether a policy with (`redirects`) or without redirect targets of
+    /// the proxy's kind must be fed to it.
+    pub fn needs(&self, redirects: bool) -> bool {
+        redirects || self.redirecting
+    }
+
+    /// A policy with or without targets was fed, and `confirmed` enforced
+    /// (redirection included) or not (then the proxy is fed again).
+    pub fn fed(&mut self, redirects: bool, confirmed: bool) {
+        self.redirecting = redirects || !confirmed;
+    }
+}
+
 /// A supervised proxy process.
 #[derive(Debug)]
 pub struct L7Process {
@@ -40,11 +74,8 @@ pub struct L7Process {
     /// The last feed the proxy confirmed (revision cleared): an equal feed
     /// is not written again, so the proxy does not rebuild for nothing.
     enforced: Option<PolicyFeed>,
-    /// Whether the proxy may still hold redirect rules: true until a feed
-    /// without any HTTP redirect target is confirmed. While false, no
-    /// traffic reaches the proxy, so it needs no new feed (see
-    /// [`L7Process::needs_feed`]).
-    redirecting: bool,
+    /// When it needs a new feed (HTTP redirect targets).
+    gate: FeedGate,
     /// How often the proxy had to be started again.
     pub restarts: u64,
 }
@@ -81,7 +112,7 @@ impl L7Process {
             pid: 0,
             feed_revision: status.as_ref().and_then(|s| s.feed_revision).unwrap_or(0),
             enforced: None,
-            redirecting: true,
+            gate: FeedGate::default(),
             restarts: 0,
         };
         let adopt = status
@@ -196,14 +227,10 @@ impl L7Process {
         Ok(())
     }
 
-    /// Whether a policy with `redirects` (the enforced policy has HTTP
-    /// redirect targets) must be fed to the proxy: yes while there are
-    /// targets, and once more after the last one is gone so that the proxy
-    /// removes its redirection. A proxy nothing is redirected to needs no
-    /// new policy (and pod churn costs no proxy rebuild) until a target
-    /// appears; it then gets the whole feed.
+    /// Whether a policy with (`redirects`) or without HTTP redirect
+    /// targets must be fed to the proxy ([`FeedGate`]).
     pub fn needs_feed(&self, redirects: bool) -> bool {
-        redirects || self.redirecting
+        self.gate.needs(redirects)
     }
 
     /// Writes a new feed (the next revision) and tells the proxy; waits
@@ -217,7 +244,7 @@ impl L7Process {
         wait: Duration,
     ) -> Result<bool> {
         if self.enforced.as_ref() == Some(&feed) {
-            self.redirecting = redirects;
+            self.gate.fed(redirects, true);
             return Ok(true);
         }
         feed.revision = Some(self.next_revision());
@@ -225,7 +252,7 @@ impl L7Process {
         self.signal(libc::SIGHUP);
         let enforced = self.wait_enforced(wait);
         feed.revision = None;
-        self.redirecting = redirects || !enforced;
+        self.gate.fed(redirects, enforced);
         self.enforced = enforced.then_some(feed);
         Ok(enforced)
     }
@@ -333,7 +360,7 @@ pub fn stop_leftover(dir: &Path, program: &Path, node_netns: &str) -> Option<u32
         pid,
         feed_revision: 0,
         enforced: None,
-        redirecting: true,
+        gate: FeedGate::default(),
         restarts: 0,
     };
     if !p.is_our_proxy(pid) {

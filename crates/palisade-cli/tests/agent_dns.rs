@@ -272,5 +272,13 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     let agent = Agent::start(cfg).expect("agent restarts");
     let m = udp_query(&client_ns, server, &q).expect("an answer from the new DNS proxy");
     assert_eq!(m.header.rcode, wire::RCODE_REFUSED);
+    // The DNS rule goes: the DNS proxy is fed once more and drops its
+    // redirection, the guard lets the queries through, and the resolver
+    // answers them itself.
+    agent
+        .delete_text("client-egress.yaml", POLICY)
+        .expect("delete");
+    let m = udp_query(&client_ns, server, &q).expect("an answer from the resolver");
+    assert_eq!(m.header.rcode, wire::RCODE_NOERROR);
     agent.destroy();
 }

@@ -64,6 +64,13 @@ fn http_rules_enforced_by_the_agents_proxy() {
     let other = http_request(&fe_ns, app_ip, 80, "GET", "/private", &[], t).expect("answer");
     assert_eq!(other.status, 403);
     assert!(http_request(&other_ns, app_ip, 80, "GET", "/public", &[], t).is_err());
+    // A pod run after the policy (added in place, not by a rebuild): the
+    // proxy knows its identity by the time `pod run` returns.
+    let (fe2_ns, _) = pod(&agent, "default", "frontend-2", &[("app", "frontend")]);
+    let get2 = http_request(&fe2_ns, app_ip, 80, "GET", "/public", &[], t).expect("answer");
+    assert_eq!(get2.status, 200);
+    let post2 = http_request(&fe2_ns, app_ip, 80, "POST", "/public", &[], t).expect("answer");
+    assert_eq!(post2.status, 403);
 
     let l7 = |verdict: Verdict, method: &str, code: u32| {
         agent.flows().page(None, None).flows.iter().any(|r| {
