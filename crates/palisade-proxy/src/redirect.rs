@@ -190,25 +190,7 @@ pub type GuardTarget = crate::dns::redirect::Target;
 /// or the agent with its DNS and Kafka proxies): L7 rules fail closed.
 pub fn guard_ruleset(targets: &BTreeSet<GuardTarget>) -> String {
     let t = GUARD_TABLE;
-    let mut sets = String::new();
-    let mut rules = String::new();
-    for (dir, field) in [(Direction::Ingress, "daddr"), (Direction::Egress, "saddr")] {
-        for (proto, pname) in [(6u8, "tcp"), (17u8, "udp")] {
-            let set = format!("{}_{pname}", dir.as_str());
-            let items = elements(
-                targets
-                    .iter()
-                    .filter(|g| g.direction == dir && g.proto == proto)
-                    .map(|g| (g.ip, g.port_lo, g.port_hi)),
-            );
-            sets.push_str(&format!(
-                "  set {set} {{ type ipv4_addr . inet_service; flags interval; {items} }}\n"
-            ));
-            rules.push_str(&format!(
-                "    ip {field} . {pname} dport @{set} counter drop\n"
-            ));
-        }
-    }
+    let (sets, rules) = crate::dns::redirect::sets_and_rules(targets, "counter drop");
     format!(
         "table ip {t}\ndelete table ip {t}\n\
 table ip {t} {{\n{sets}\

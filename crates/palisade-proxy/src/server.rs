@@ -148,7 +148,11 @@ impl Shared {
         }
     }
 
-    fn note_rejected(&self, feed: Option<u64>, reason: String) {
+    /// A feed that could not be read or built: counted, logged and
+    /// reported in the status file; the policy enforced stays.
+    fn reject_feed(&self, feed: Option<u64>, reason: String) {
+        self.counters.feed_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(target: "palisade::proxy", "feed rejected: {reason}");
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some((feed, reason));
         self.write_status();
     }
@@ -669,12 +673,7 @@ async fn watch_feed(
         let parsed = match read {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
-                shared
-                    .counters
-                    .feed_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(target: "palisade::proxy", "feed rejected: {e}");
-                shared.note_rejected(None, e.to_string());
+                shared.reject_feed(None, e.to_string());
                 continue;
             }
             Err(e) => {
@@ -693,14 +692,7 @@ async fn watch_feed(
                     shared.write_status();
                 }
             }
-            Ok(Err(e)) => {
-                shared
-                    .counters
-                    .feed_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(target: "palisade::proxy", "feed rejected: {e}");
-                shared.note_rejected(feed_revision, e.to_string());
-            }
+            Ok(Err(e)) => shared.reject_feed(feed_revision, e.to_string()),
             Err(e) => tracing::error!(target: "palisade::proxy", "feed build: {e}"),
         }
     }

@@ -301,14 +301,15 @@ pub fn print_flows(
     Ok(picked.len())
 }
 
-pub fn run_offline(
-    input: &str,
+/// What both sources share: the output format, the filters and the time
+/// window (`--since`/`--until` relative to now).
+fn query(
     raw_args: &[String],
     last: Option<usize>,
     since: Option<String>,
     until: Option<String>,
     output: &str,
-) -> Result<ExitCode> {
+) -> Result<(Format, FilterSet, Selection)> {
     let format =
         Format::parse(output).ok_or_else(|| anyhow!("-o: use compact, json, jsonpb or table"))?;
     let filters = build_filters(raw_args)?;
@@ -321,6 +322,18 @@ pub fn run_offline(
         since: since.map(|s| parse_time(&s, now)).transpose()?,
         until: until.map(|s| parse_time(&s, now)).transpose()?,
     };
+    Ok((format, filters, sel))
+}
+
+pub fn run_offline(
+    input: &str,
+    raw_args: &[String],
+    last: Option<usize>,
+    since: Option<String>,
+    until: Option<String>,
+    output: &str,
+) -> Result<ExitCode> {
+    let (format, filters, sel) = query(raw_args, last, since, until, output)?;
     let flows = read_flows(input)?;
     print_flows(&flows, &filters, &sel, format)?;
     Ok(ExitCode::SUCCESS)
@@ -339,18 +352,7 @@ pub fn run_live(
 ) -> Result<ExitCode> {
     use palisade_agent::Request;
     use palisade_agent::flows::FlowsPage;
-    let format =
-        Format::parse(output).ok_or_else(|| anyhow!("-o: use compact, json, jsonpb or table"))?;
-    let filters = build_filters(raw_args)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut sel = Selection {
-        last,
-        since: since.map(|s| parse_time(&s, now)).transpose()?,
-        until: until.map(|s| parse_time(&s, now)).transpose()?,
-    };
+    let (format, filters, mut sel) = query(raw_args, last, since, until, output)?;
     let fetch = |since: Option<u64>| -> Result<FlowsPage> {
         client
             .request(&Request::Flows { since, last: None })

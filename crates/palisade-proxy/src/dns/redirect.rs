@@ -85,30 +85,38 @@ pub fn targets_in(engine: &palisade_policy::engine::Engine, kind: L7Kind) -> BTr
     out
 }
 
-/// The script that replaces `table` in one transaction.
-pub fn ruleset(table: &str, port: u16, targets: &BTreeSet<Target>) -> String {
-    let elements = |dir: Direction, proto: u8| {
-        crate::redirect::elements(
-            targets
-                .iter()
-                .filter(|t| t.direction == dir && t.proto == proto)
-                .map(|t| (t.ip, t.port_lo, t.port_hi)),
-        )
-    };
+/// One nftables set per direction and protocol of `targets`
+/// (`egress_udp`, `egress_tcp`, `ingress_udp`, `ingress_tcp`) and one rule
+/// per set that applies `action` to the packets it matches (the pod's
+/// address is the source on egress, the destination on ingress). Shared by
+/// the DNS and Kafka redirect tables and the fail-closed guard.
+pub(crate) fn sets_and_rules(targets: &BTreeSet<Target>, action: &str) -> (String, String) {
     let mut sets = String::new();
     let mut rules = String::new();
     for (dir, field) in [(Direction::Egress, "saddr"), (Direction::Ingress, "daddr")] {
         for (proto, pname) in [(17u8, "udp"), (6u8, "tcp")] {
             let set = format!("{}_{pname}", dir.as_str());
+            let items = crate::redirect::elements(
+                targets
+                    .iter()
+                    .filter(|t| t.direction == dir && t.proto == proto)
+                    .map(|t| (t.ip, t.port_lo, t.port_hi)),
+            );
             sets.push_str(&format!(
-                "  set {set} {{ type ipv4_addr . inet_service; flags interval; {} }}\n",
-                elements(dir, proto)
+                "  set {set} {{ type ipv4_addr . inet_service; flags interval; {items} }}\n"
             ));
-            rules.push_str(&format!(
-                "    ip {field} . {pname} dport @{set} tproxy to :{port} meta mark set {PROXY_MARK:#x} accept\n"
-            ));
+            rules.push_str(&format!("    ip {field} . {pname} dport @{set} {action}\n"));
         }
     }
+    (sets, rules)
+}
+
+/// The script that replaces `table` in one transaction.
+pub fn ruleset(table: &str, port: u16, targets: &BTreeSet<Target>) -> String {
+    let (sets, rules) = sets_and_rules(
+        targets,
+        &format!("tproxy to :{port} meta mark set {PROXY_MARK:#x} accept"),
+    );
     format!(
         "table ip {table}\ndelete table ip {table}\n\
 table ip {table} {{\n{sets}\
