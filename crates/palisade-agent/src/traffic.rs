@@ -342,47 +342,9 @@ impl Servers {
             .flat_map(|a| udp_ports.iter().map(move |p| (*a, *p)))
             .collect();
         for &(addr, port) in &tcp {
-            let (stop, tx) = (stop.clone(), tx.clone());
-            handles.push(netns::spawn_in_netns(ns, move || {
-                let listener = match TcpListener::bind((addr, port)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = listener.set_nonblocking(true);
-                let _ = tx.send(Ok(()));
-                while !stop.load(Ordering::SeqCst) {
-                    if !wait_readable(listener.as_raw_fd(), 100) {
-                        continue;
-                    }
-                    if let Ok((mut s, _)) = listener.accept() {
-                        let stop = stop.clone();
-                        std::thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-                            let mut buf = [0u8; 4096];
-                            while !stop.load(Ordering::SeqCst) {
-                                match s.read(&mut buf) {
-                                    Ok(0) => break,
-                                    Ok(n) => {
-                                        if s.write_all(&buf[..n]).is_err() {
-                                            break;
-                                        }
-                                    }
-                                    Err(e)
-                                        if matches!(
-                                            e.kind(),
-                                            std::io::ErrorKind::WouldBlock
-                                                | std::io::ErrorKind::TimedOut
-                                        ) => {}
-                                    Err(_) => break,
-                                }
-                            }
-                        });
-                    }
-                }
+            let echo_stop = stop.clone();
+            handles.push(accept_loop(ns, addr, port, &stop, &tx, move |s| {
+                palisade_datapath::testenv::echo_connection(s, &echo_stop)
             }));
         }
         for &(addr, port) in &udp {
@@ -470,6 +432,41 @@ impl std::fmt::Debug for HttpServer {
     }
 }
 
+/// Listens on `(addr, port)` in namespace `ns` and hands every accepted
+/// connection (blocking) to `conn` on a thread of its own, until `stop`;
+/// `ready` hears whether it listens. The test servers' one accept loop.
+fn accept_loop(
+    ns: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    ready: &std::sync::mpsc::Sender<std::io::Result<()>>,
+    conn: impl Fn(TcpStream) + Clone + Send + 'static,
+) -> JoinHandle<Result<(), NetnsError>> {
+    let (stop, ready) = (stop.clone(), ready.clone());
+    netns::spawn_in_netns(ns, move || {
+        let listener = match TcpListener::bind((addr, port)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = listener.set_nonblocking(true);
+        let _ = ready.send(Ok(()));
+        while !stop.load(Ordering::SeqCst) {
+            if !wait_readable(listener.as_raw_fd(), 100) {
+                continue;
+            }
+            if let Ok((s, _)) = listener.accept() {
+                let _ = s.set_nonblocking(false);
+                let conn = conn.clone();
+                std::thread::spawn(move || conn(s));
+            }
+        }
+    })
+}
+
 fn read_http_head(s: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -486,6 +483,19 @@ fn read_http_head(s: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
     }
 }
 
+/// Reads the rest of a message's body (`Content-Length` of `head`) after
+/// what came with the head; stops early at EOF or an error.
+fn read_body(s: &mut TcpStream, head: &str, body: &mut Vec<u8>) {
+    let want = content_length(head);
+    let mut chunk = [0u8; 4096];
+    while body.len() < want {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 fn content_length(head: &str) -> usize {
     head.lines()
         .filter_map(|l| l.split_once(':'))
@@ -499,53 +509,26 @@ impl HttpServer {
     pub fn start(ns: &str, port: u16) -> std::io::Result<HttpServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        let st = stop.clone();
-        let handle = netns::spawn_in_netns(ns, move || {
-            let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
+        let handle = accept_loop(ns, Ipv4Addr::UNSPECIFIED, port, &stop, &tx, |mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok((head, mut body)) = read_http_head(&mut s) else {
+                return;
             };
-            let _ = listener.set_nonblocking(true);
-            let _ = tx.send(Ok(()));
-            while !st.load(Ordering::SeqCst) {
-                if !wait_readable(listener.as_raw_fd(), 100) {
-                    continue;
-                }
-                let Ok((mut s, _)) = listener.accept() else {
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    let Ok((head, mut body)) = read_http_head(&mut s) else {
-                        return;
-                    };
-                    let want = content_length(&head);
-                    let mut chunk = [0u8; 4096];
-                    while body.len() < want {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => body.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let line = head.lines().next().unwrap_or_default();
-                    let mut parts = line.split_whitespace();
-                    let reply = format!(
-                        "{} {}\n",
-                        parts.next().unwrap_or("?"),
-                        parts.next().unwrap_or("?")
-                    );
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                        reply.len()
-                    );
-                });
-            }
+            read_body(&mut s, &head, &mut body);
+            let line = head.lines().next().unwrap_or_default();
+            let mut parts = line.split_whitespace();
+            let reply = format!(
+                "{} {}\n",
+                parts.next().unwrap_or("?"),
+                parts.next().unwrap_or("?")
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
         });
+        drop(tx);
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => Ok(HttpServer {
                 stop,
@@ -601,14 +584,7 @@ pub fn http_request(
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let want = content_length(&head);
-    let mut chunk = [0u8; 4096];
-    while body.len() < want {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
+    read_body(&mut s, &head, &mut body);
     Ok(HttpAnswer {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),

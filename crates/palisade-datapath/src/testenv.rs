@@ -136,6 +136,31 @@ mod tests {
     }
 }
 
+/// Echoes what a TCP connection sends until it closes or `stop` is set
+/// (the test servers' echo).
+pub fn echo_connection(mut s: std::net::TcpStream, stop: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+}
+
 /// A TCP echo server running on a thread inside a pod's namespace; stops on drop.
 #[derive(Debug)]
 pub struct EchoServer {
@@ -146,7 +171,6 @@ pub struct EchoServer {
 impl EchoServer {
     /// Listens on `0.0.0.0:port` in namespace `ns`; returns once bound.
     pub fn start(ns: &str, port: u16) -> Result<Self, NetnsError> {
-        use std::io::{Read, Write};
         use std::sync::atomic::AtomicBool;
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -163,26 +187,9 @@ impl EchoServer {
             let _ = tx.send(Ok(()));
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
+                    Ok((s, _)) => {
                         let stop3 = stop2.clone();
-                        std::thread::spawn(move || {
-                            let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
-                            let mut buf = [0u8; 4096];
-                            while !stop3.load(Ordering::Relaxed) {
-                                match s.read(&mut buf) {
-                                    Ok(0) => break,
-                                    Ok(n) => {
-                                        if s.write_all(&buf[..n]).is_err() {
-                                            break;
-                                        }
-                                    }
-                                    Err(e)
-                                        if e.kind() == std::io::ErrorKind::WouldBlock
-                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
-                                    Err(_) => break,
-                                }
-                            }
-                        });
+                        std::thread::spawn(move || echo_connection(s, &stop3));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
