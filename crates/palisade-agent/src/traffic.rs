@@ -590,3 +590,92 @@ pub fn http_request(
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+/// One DNS query for `name`'s A records over UDP from namespace `ns` to
+/// `server`:53 (2 s timeout); `Err` when no parsable answer came.
+pub fn dns_query(
+    ns: &str,
+    server: Ipv4Addr,
+    name: &str,
+    id: u16,
+) -> std::io::Result<palisade_proxy::dns::wire::Message> {
+    use palisade_proxy::dns::wire;
+    let sock =
+        netns::in_netns(ns, || UdpSocket::bind("0.0.0.0:0")).map_err(std::io::Error::other)??;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send_to(
+        &wire::build_query(id, name, wire::TYPE_A, None),
+        (server, 53),
+    )?;
+    let mut buf = vec![0u8; 65_535];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    wire::Message::parse(&buf[..n])
+        .map_err(|e| std::io::Error::other(format!("a malformed DNS answer: {e:?}")))
+}
+
+/// dnsmasq (Debian `dnsmasq-base`) answering from a hosts file on
+/// `ip`:53 in a namespace, as the cluster's DNS server in the lab and
+/// tests; killed, and its directory removed, on drop.
+pub struct Dnsmasq {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts it with `hosts` (hosts-file lines) and returns once it
+    /// answers a query for `probe` (one of the hosts' names).
+    pub fn start(ns: &str, ip: Ipv4Addr, hosts: &str, probe: &str) -> std::io::Result<Dnsmasq> {
+        static COUNTER: AtomicU16 = AtomicU16::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "palisade-dnsmasq-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("hosts"), hosts)?;
+        let conf = format!(
+            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={ip}\nport=53\n\
+addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
+            hosts = dir.join("hosts").display(),
+            pid = dir.join("pid").display(),
+        );
+        std::fs::write(dir.join("dnsmasq.conf"), conf)?;
+        let child = netns::ip(&["-n", ns, "link", "set", "lo", "up"])
+            .map_err(std::io::Error::other)
+            .and_then(|_| {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground"])
+                    .arg(format!(
+                        "--conf-file={}",
+                        dir.join("dnsmasq.conf").display()
+                    ))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+            });
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let server = Dnsmasq { child, dir };
+        if !wait_until(Duration::from_secs(10), || {
+            dns_query(ns, ip, probe, 1).is_ok()
+        }) {
+            return Err(std::io::Error::other(format!(
+                "dnsmasq did not answer in {ns}"
+            )));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -13,19 +13,19 @@
 #[path = "../../palisade-agent/tests/common/mod.rs"]
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::*;
 use palisade_agent::Agent;
 use palisade_agent::api::Request;
-use palisade_agent::traffic::{HttpServer, Outcome, Servers, http_request, tcp_probe, wait_until};
+use palisade_agent::traffic::{
+    Dnsmasq, HttpServer, Outcome, Servers, dns_query, http_request, tcp_probe, wait_until,
+};
 use palisade_datapath::netns::{self, PodSpec};
 use palisade_flow::flow::{FlowType, Verdict};
 use palisade_proxy::dns::CacheRow;
-use palisade_proxy::dns::wire::{self, Message, Rdata};
+use palisade_proxy::dns::wire::{self, Rdata};
 
 const API_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const PORT: u16 = 8080;
@@ -55,66 +55,6 @@ spec:
           rules:
             http: [{method: GET, path: "/v1/.*"}]
 "#;
-
-/// dnsmasq in a namespace; killed (and its directory removed) on drop.
-struct Dnsmasq {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Dnsmasq {
-    fn start(ns: &str, ip: Ipv4Addr, hosts: &str) -> Dnsmasq {
-        let dir =
-            std::env::temp_dir().join(format!("palisade-agent-dnsmasq-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("hosts"), hosts).expect("hosts");
-        let conf = format!(
-            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={ip}\nport=53\n\
-addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
-            hosts = dir.join("hosts").display(),
-            pid = dir.join("pid").display(),
-        );
-        std::fs::write(dir.join("dnsmasq.conf"), conf).expect("conf");
-        netns::ip(&["-n", ns, "link", "set", "lo", "up"]).expect("lo up");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground"])
-            .arg(format!(
-                "--conf-file={}",
-                dir.join("dnsmasq.conf").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq runs (Debian package dnsmasq-base)");
-        let server = Dnsmasq { child, dir };
-        let addr = SocketAddr::from((ip, 53));
-        let q = wire::build_query(1, "api.example.com", wire::TYPE_A, None);
-        assert!(
-            wait_until(Duration::from_secs(10), || udp_query(ns, addr, &q).is_ok()),
-            "dnsmasq did not answer in {ns}"
-        );
-        server
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn udp_query(ns: &str, server: SocketAddr, q: &[u8]) -> std::io::Result<Message> {
-    let sock =
-        netns::in_netns(ns, || UdpSocket::bind("0.0.0.0:0")).map_err(std::io::Error::other)??;
-    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    sock.send_to(q, server)?;
-    let mut buf = vec![0u8; 65_535];
-    let (n, _) = sock.recv_from(&mut buf)?;
-    buf.truncate(n);
-    Message::parse(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))
-}
 
 #[test]
 fn to_fqdns_through_the_agents_dns_proxy() {
@@ -152,7 +92,9 @@ fn to_fqdns_through_the_agents_dns_proxy() {
         &dns_ns,
         dns_ip,
         "192.0.2.10 api.example.com\n192.0.2.66 evil.example.net\n",
-    );
+        "api.example.com",
+    )
+    .expect("dnsmasq (Debian package dnsmasq-base)");
     let t = Duration::from_secs(1);
     // no policy yet: reachable
     assert!(tcp_probe(&client_ns, API_IP, PORT, t).delivered());
@@ -165,9 +107,7 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     assert_eq!(before, Outcome::Dropped, "{before}");
 
     // resolve through the proxy: the first connection is allowed
-    let server = SocketAddr::from((dns_ip, 53));
-    let q = wire::build_query(0x4242, "api.example.com", wire::TYPE_A, None);
-    let m = udp_query(&client_ns, server, &q).expect("an answer");
+    let m = dns_query(&client_ns, dns_ip, "api.example.com", 0x4242).expect("an answer");
     let first = tcp_probe(&client_ns, API_IP, PORT, t);
     assert_eq!(first, Outcome::Allowed, "{first}");
     assert_eq!((m.header.id, m.header.rcode), (0x4242, wire::RCODE_NOERROR));
@@ -198,8 +138,7 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     assert_eq!(get("/admin"), 403);
 
     // a name the DNS rule does not allow: REFUSED by the proxy
-    let q = wire::build_query(7, "evil.example.net", wire::TYPE_A, None);
-    let m = udp_query(&client_ns, server, &q).expect("an answer");
+    let m = dns_query(&client_ns, dns_ip, "evil.example.net", 7).expect("an answer");
     assert_eq!(m.header.rcode, wire::RCODE_REFUSED);
 
     // the cache, as `palisade fqdn cache list` asks for it
@@ -259,8 +198,7 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     // table): DNS rules fail closed. The guard drops the queries that would
     // now reach the resolver unfiltered, the name the rule refuses included.
     agent.shutdown();
-    let q = wire::build_query(8, "evil.example.net", wire::TYPE_A, None);
-    let unanswered = udp_query(&client_ns, server, &q);
+    let unanswered = dns_query(&client_ns, dns_ip, "evil.example.net", 8);
     assert!(
         unanswered.is_err(),
         "a query with the DNS proxy down must get no answer: {unanswered:?}"
@@ -270,7 +208,8 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     cfg.l7_proxy = Some(palisade_proxy::ProxyConfig::default());
     cfg.proxy_program = Some(env!("CARGO_BIN_EXE_palisade").into());
     let agent = Agent::start(cfg).expect("agent restarts");
-    let m = udp_query(&client_ns, server, &q).expect("an answer from the new DNS proxy");
+    let m = dns_query(&client_ns, dns_ip, "evil.example.net", 8)
+        .expect("an answer from the new DNS proxy");
     assert_eq!(m.header.rcode, wire::RCODE_REFUSED);
     // The DNS rule goes: the DNS proxy is fed once more and drops its
     // redirection, the guard lets the queries through, and the resolver
@@ -278,7 +217,8 @@ fn to_fqdns_through_the_agents_dns_proxy() {
     agent
         .delete_text("client-egress.yaml", POLICY)
         .expect("delete");
-    let m = udp_query(&client_ns, server, &q).expect("an answer from the resolver");
+    let m =
+        dns_query(&client_ns, dns_ip, "evil.example.net", 8).expect("an answer from the resolver");
     assert_eq!(m.header.rcode, wire::RCODE_NOERROR);
     agent.destroy();
 }

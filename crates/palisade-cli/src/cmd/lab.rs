@@ -1185,38 +1185,6 @@ spec:
               protocol: TCP
 "#;
 
-/// dnsmasq (Debian `dnsmasq-base`) in a pod; killed on drop.
-struct LabDnsmasq {
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl Drop for LabDnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn lab_dns_query(
-    ns: &str,
-    server: Ipv4Addr,
-    name: &str,
-    id: u16,
-) -> anyhow::Result<palisade_proxy::dns::wire::Message> {
-    use palisade_proxy::dns::wire;
-    let sock = netns::in_netns(ns, || std::net::UdpSocket::bind("0.0.0.0:0"))??;
-    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    sock.send_to(
-        &wire::build_query(id, name, wire::TYPE_A, None),
-        (server, 53),
-    )?;
-    let mut buf = vec![0u8; 65_535];
-    let (n, _) = sock.recv_from(&mut buf)?;
-    wire::Message::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("a malformed answer: {e:?}"))
-}
-
 /// DNS-aware policy: a dnsmasq pod, a CNP with a DNS rule and `toFQDNs`;
 /// the world address is denied until frontend resolves the name through
 /// the agent's DNS proxy, then allowed on the first connection; a name the
@@ -1235,54 +1203,17 @@ fn dns_section(agent: &Agent, w: &World, timeout: Duration) -> anyhow::Result<(u
         ip: None,
         service_account: None,
     })?;
-    let dir = std::env::temp_dir().join(format!("palisade-lab-dnsmasq-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("hosts"),
-        format!("{WORLD} api.example.com\n{CIDR_ALLOWED} evil.example.net\n"),
-    )?;
-    std::fs::write(
-        dir.join("dnsmasq.conf"),
-        format!(
-            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={ip}\nport=53\n\
-addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
-            ip = info.ip,
-            hosts = dir.join("hosts").display(),
-            pid = dir.join("pid").display(),
-        ),
-    )?;
-    netns::ip(&["-n", &info.netns, "link", "set", "lo", "up"])?;
-    let child = match std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &info.netns,
-            "dnsmasq",
-            "--keep-in-foreground",
-        ])
-        .arg(format!(
-            "--conf-file={}",
-            dir.join("dnsmasq.conf").display()
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+    let hosts = format!("{WORLD} api.example.com\n{CIDR_ALLOWED} evil.example.net\n");
+    let _dnsmasq = match traffic::Dnsmasq::start(&info.netns, info.ip, &hosts, "api.example.com") {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             println!(
                 "   skipped: dnsmasq does not run ({e}); install the Debian package dnsmasq-base"
             );
             return Ok((0, 0));
         }
+        Err(e) => bail!("{e}"),
     };
-    let _dnsmasq = LabDnsmasq { child, dir };
-    if !traffic::wait_until(Duration::from_secs(10), || {
-        lab_dns_query(&info.netns, info.ip, "api.example.com", 1).is_ok()
-    }) {
-        bail!("dnsmasq did not answer in {}", info.netns);
-    }
     println!(
         "   pod kube-system/coredns {} (k8s-app=kube-dns, dnsmasq)",
         info.ip
@@ -1304,7 +1235,7 @@ addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
     let fe_ns = &w.pods["default/frontend"].0;
     let seq = agent.flows().page(None, Some(0)).next;
     let t0 = Instant::now();
-    let answer = lab_dns_query(fe_ns, info.ip, "api.example.com", 0x4242)?;
+    let answer = traffic::dns_query(fe_ns, info.ip, "api.example.com", 0x4242)?;
     let took = t0.elapsed();
     let ips: Vec<String> = answer
         .answers
@@ -1327,7 +1258,7 @@ addn-hosts={hosts}\nlocal-ttl=300\nuser=root\npid-file={pid}\nlog-facility=-\n",
     mismatches += after.iter().filter(|r| r.mismatch).count();
     print_rows(w, &after, true);
 
-    let refused = lab_dns_query(fe_ns, info.ip, "evil.example.net", 7)?;
+    let refused = traffic::dns_query(fe_ns, info.ip, "evil.example.net", 7)?;
     let refused_ok = refused.header.rcode == RCODE_REFUSED;
     total += 1;
     if !refused_ok {
